@@ -1,0 +1,153 @@
+"""Command line: ``vasseg demo | train | evaluate | predict | methods``.
+
+Errors at the boundary (bad config, missing file, bad data, unsafe checkpoint) print one line
+naming the problem and exit with status 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Callable, Sequence
+
+log = logging.getLogger("vasseg")
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
+    p.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vasseg", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train an experiment from a YAML config")
+    p.add_argument("--config", required=True, help="experiment YAML (e.g. configs/la/vas_16.yaml)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.iterations=6000 data.root=/d/LA")
+    p.add_argument("--resume", action="store_true", help="continue this configuration's run from its latest checkpoint")
+    p.add_argument("--out-dir", help="parent folder of the run folder (overrides run.out_dir)")
+    _add_common(p)
+
+    p = sub.add_parser("evaluate", help="score a trained run on a split (per-case CSV + summary table)")
+    p.add_argument("run", help="run folder or checkpoint file")
+    p.add_argument("--split", default="val", help="val (default), test, labeled, unlabeled or an id-list file")
+    p.add_argument("--data-root", help="dataset folder, if it moved since training")
+    p.add_argument("--checkpoint", default="last", help="last (default) or best (validation-selected)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", help="output folder (default: <run>/eval/<split>_<checkpoint>)")
+    _add_common(p)
+
+    p = sub.add_parser("predict", help="segment one NIfTI or LA h5 volume into a NIfTI label map")
+    p.add_argument("run", help="run folder or checkpoint file")
+    p.add_argument("input", help="image: .nii/.nii.gz or LA .h5")
+    p.add_argument("output", help="label map to write (.nii.gz)")
+    p.add_argument("--checkpoint", default="last")
+    p.add_argument("--device", default="auto")
+    _add_common(p)
+
+    p = sub.add_parser("demo", help="phantoms -> train supervised + mean teacher on CPU -> evaluate -> table")
+    p.add_argument("--out", default="vasseg-demo", help="output folder (default: ./vasseg-demo)")
+    p.add_argument("--iterations", type=int, default=None, help="training steps per method")
+    _add_common(p)
+
+    p = sub.add_parser("methods", help="list the registered methods")
+    _add_common(p)
+    return parser
+
+
+def setup_logging(debug: bool, quiet: bool) -> None:
+    level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("vasseg").setLevel(level)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from vasseg.config import load_config
+    from vasseg.engine.run import train_experiment
+
+    overrides = list(args.overrides) + ([f"run.out_dir={args.out_dir}"] if args.out_dir else [])
+    exp = load_config(args.config, overrides)
+    if args.quiet:
+        exp = load_config(args.config, overrides + ["train.progress=false"])
+    run_dir = train_experiment(exp, resume=args.resume)
+    print(run_dir)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from vasseg.engine.run import evaluate_run
+
+    out_dir, table = evaluate_run(args.run, args.split, args.checkpoint, args.data_root, args.device,
+                                  args.out, progress=not args.quiet)
+    print(table)
+    print(f"results: {out_dir}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from vasseg.engine.predict import predict_file
+
+    out = predict_file(args.run, args.input, args.output, args.checkpoint, args.device, not args.quiet)
+    print(out)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from vasseg.demo import run_demo
+
+    print(run_demo(args.out, iterations=args.iterations, progress=not args.quiet))
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from vasseg.methods import available_methods
+
+    print("\n".join(available_methods()))
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "predict": cmd_predict,
+    "demo": cmd_demo,
+    "methods": cmd_methods,
+}
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exception types that are the user's input problems: one line, no traceback."""
+    from vasseg.config import ConfigError
+    from vasseg.data.volumes import DataError
+    from vasseg.engine.checkpoint import CheckpointError
+    from vasseg.engine.trainer import TrainingStopped
+    from vasseg.io import ImageIOError
+
+    return (ConfigError, DataError, CheckpointError, TrainingStopped, ImageIOError, FileNotFoundError,
+            PermissionError, ValueError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.debug, args.quiet)
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("vasseg: interrupted", file=sys.stderr)
+        return 130
+    except user_errors() as exc:
+        if args.debug:
+            raise
+        print(f"vasseg {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return " ".join(text.split())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

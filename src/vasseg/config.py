@@ -1,0 +1,394 @@
+"""Typed experiment configuration: YAML -> frozen dataclasses, with dotted CLI overrides.
+
+An experiment has six sections (``data``, ``model``, ``method``, ``train``, ``eval``, ``run``).
+Unknown keys and wrong types fail at load time with the key's full path. The ``method`` section
+holds ``name`` plus that method's own hyper-parameters, validated against the frozen dataclass the
+method registers (see :mod:`vasseg.methods`). A YAML file may name a ``base:`` file (relative to
+itself) whose values it overrides, so variants stay a few lines long.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the key path or file."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the data is and how training patches are drawn.
+
+    Spatial sizes follow the array order of the files (LA: x, y, z), in voxels.
+    """
+
+    dataset: str = "la"  # "la": the LA h5 layout (also used for phantoms); "prepared": vasseg prepare output
+    root: str = ""  # dataset root; relative paths resolve against the config file's directory
+    labeled: int = 8  # first N ids of train.list are labeled (the benchmark protocol)
+    num_val: int = 0  # last N ids of train.list form the validation split (never used for training)
+    val_ids: tuple[str, ...] = ()  # explicit validation ids (overrides num_val)
+    train_list: str = "train.list"
+    test_list: str = "test.list"
+    num_classes: int = 2  # including background
+    scale: float = 1.0  # <1 down-samples volumes (CPU-scale protocol); evaluation can stay native
+    spacing: tuple[float, float, float] = (0.625, 0.625, 0.625)  # mm, for formats without geometry
+    patch_size: tuple[int, int, int] = (112, 112, 80)
+    labeled_bs: int = 2
+    unlabeled_bs: int = 2
+    augment: bool = True  # the lineage's rot90 + flip in the x-y plane
+    on_device: bool = True  # keep the volumes in device memory and augment there (GPU fast path)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The backbone. ``name`` is ``vnet`` (the lineage's 9.45 M-parameter VNet)."""
+
+    name: str = "vnet"
+    in_channels: int = 1
+    filters: int = 16
+    norm: str = "batchnorm"
+    dropout: bool = True
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """A registered method's name and its validated hyper-parameters (a frozen dataclass)."""
+
+    name: str = "supervised"
+    params: Any = None
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation schedule and engine switches. Steps are counted in iterations."""
+
+    iterations: int = 6000
+    optimizer: str = "sgd"  # sgd | adam
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    lr_policy: str = "step"  # step | poly | constant
+    lr_step: int = 2500  # step policy: multiply by lr_gamma every lr_step iterations
+    lr_gamma: float = 0.1
+    poly_power: float = 0.9
+    ema_decay: float = 0.99  # teacher decay, with the lineage's warm-up min(1 - 1/(step+1), decay)
+    amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | none | bf16 | fp16
+    grad_clip: float = 0.0  # max global grad norm of the student; 0 disables
+    seed: int = 1337
+    deterministic: bool = False  # deterministic algorithms (slower on GPU)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    channels_last: str = "auto"  # auto (on for CUDA) | on | off
+    compile: bool = False  # torch.compile the networks (GPU; first steps pay the compile time)
+    log_every: int = 10  # scalars are synchronised, checked and written every N steps
+    val_every: int = 0  # validate on the validation split every N steps (0: never)
+    ckpt_every: int = 500
+    keep_checkpoints: int = 2  # step checkpoints kept besides best.pt
+    nonfinite: str = "stop"  # stop | skip (skip a step with a non-finite loss/grad; syncs every step)
+    max_nonfinite_skips: int = 20
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Sliding-window inference and metric rules."""
+
+    patch_size: tuple[int, int, int] | None = None  # default: data.patch_size
+    stride: tuple[int, int, int] = (18, 18, 4)
+    batch_size: int = 4  # windows per forward pass
+    empty_distance: str = "nan"  # nan | diagonal: HD95/ASD of an empty prediction (see metrics)
+    native_resolution: bool = True  # score down-sampled runs on the original-resolution labels
+    checkpoint: str = "last"  # last | best (best on the validation split only)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Where outputs go."""
+
+    out_dir: str = "runs"
+    name: str = ""  # default: <dataset>_<method>_<labeled>l_s<seed>_<config hash>
+    tensorboard: bool = True
+
+
+@dataclass(frozen=True)
+class Experiment:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    @property
+    def eval_patch(self) -> tuple[int, int, int]:
+        return self.eval.patch_size or self.data.patch_size
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "eval": EvalConfig,
+    "run": RunConfig,
+}
+
+
+# ----------------------------------------------------------------------------- typed building
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def coerce(value: Any, tp: Any, path: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` (converting lists to tuples, ints to floats)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return coerce(value, arg, path)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{path}: bad value {value!r}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(coerce(v, args[0], f"{path}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{path}: expected {len(args)} values, got {len(value)} ({value!r})")
+        return tuple(coerce(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin in (dict, Mapping) or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{path}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{path}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{path}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{path}: expected a string, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        return build_dataclass(tp, value, path)
+    raise ConfigError(f"{path}: unsupported type {_type_name(tp)}")
+
+
+def build_dataclass(cls: type, values: Any, path: str) -> Any:
+    """Build the frozen dataclass ``cls`` from a mapping, rejecting unknown keys by path."""
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in values:
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"unknown key '{path}.{key}'{hint}")
+    kwargs = {k: coerce(v, hints[k], f"{path}.{k}") for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def method_params_class(name: str) -> type:
+    """The hyper-parameter dataclass registered for method ``name``."""
+    from vasseg.methods import get_method  # late import: methods import this module
+
+    return get_method(name).Params
+
+
+def build_experiment(raw: Mapping[str, Any]) -> Experiment:
+    """Validate a nested mapping (as loaded from YAML) into an :class:`Experiment`."""
+    raw = dict(raw)
+    unknown = [k for k in raw if k not in (*SECTIONS, "method")]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], [*SECTIONS, "method"], n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ConfigError(f"unknown section '{unknown[0]}'{hint}")
+    sections = {name: build_dataclass(cls, raw.get(name), name) for name, cls in SECTIONS.items()}
+    method_raw = dict(raw.get("method") or {})
+    name = method_raw.pop("name", MethodConfig.name)
+    if not isinstance(name, str):
+        raise ConfigError(f"method.name: expected a string, got {name!r}")
+    try:
+        params_cls = method_params_class(name)
+    except KeyError as exc:
+        raise ConfigError(f"method.name: {exc.args[0]}") from None
+    params = build_dataclass(params_cls, method_raw, "method")
+    exp = Experiment(method=MethodConfig(name=name, params=params), **sections)
+    check_experiment(exp)
+    return exp
+
+
+def check_experiment(exp: Experiment) -> None:
+    """Cross-field checks that single fields cannot express."""
+    choices = {
+        "train.optimizer": (exp.train.optimizer, ("sgd", "adam")),
+        "train.lr_policy": (exp.train.lr_policy, ("step", "poly", "constant")),
+        "train.amp": (exp.train.amp, ("auto", "none", "bf16", "fp16")),
+        "train.channels_last": (exp.train.channels_last, ("auto", "on", "off")),
+        "train.nonfinite": (exp.train.nonfinite, ("stop", "skip")),
+        "eval.empty_distance": (exp.eval.empty_distance, ("nan", "diagonal")),
+        "eval.checkpoint": (exp.eval.checkpoint, ("last", "best")),
+        "model.norm": (exp.model.norm, ("batchnorm", "groupnorm", "instancenorm", "none")),
+        "model.name": (exp.model.name, ("vnet",)),
+        "data.dataset": (exp.data.dataset, ("la", "prepared")),
+    }
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(allowed)}")
+    positive = {
+        "train.iterations": exp.train.iterations,
+        "data.labeled_bs": exp.data.labeled_bs,
+        "data.num_classes": exp.data.num_classes - 1,
+        "train.log_every": exp.train.log_every,
+        "train.ckpt_every": exp.train.ckpt_every,
+        "eval.batch_size": exp.eval.batch_size,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{key}: must be positive (got {value})")
+    if not 0 < exp.data.scale <= 1:
+        raise ConfigError(f"data.scale: must be in (0, 1] (got {exp.data.scale})")
+    for key, sizes in (("data.patch_size", exp.data.patch_size), ("eval.patch_size", exp.eval_patch)):
+        if any(s <= 0 or s % 16 for s in sizes):
+            raise ConfigError(f"{key}: every size must be a positive multiple of 16 for the VNet (got {sizes})")
+    if any(s <= 0 for s in exp.eval.stride):
+        raise ConfigError(f"eval.stride: must be positive (got {exp.eval.stride})")
+
+
+# ----------------------------------------------------------------------------- YAML and overrides
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read one YAML mapping, following ``base:`` chains (paths relative to the including file)."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc.strerror or exc})") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    return merge(read_yaml((path.parent / str(base)).resolve()), data)
+
+
+def merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep merge: mappings merge key by key, anything else in ``over`` replaces."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` strings (values parsed as YAML) to a nested mapping."""
+    out = dict(raw)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r}: expected key=value, e.g. train.iterations=6000")
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:
+            value = text
+        parts = key.strip().split(".")
+        out = merge(out, _nest(parts, value))
+    return out
+
+
+def _nest(parts: list[str], value: Any) -> dict[str, Any]:
+    return {parts[0]: value} if len(parts) == 1 else {parts[0]: _nest(parts[1:], value)}
+
+
+def resolve_data_root(raw: dict[str, Any], config_dir: Path) -> dict[str, Any]:
+    """Make a relative ``data.root`` absolute against the config file's folder, not the CWD."""
+    data = raw.get("data")
+    if isinstance(data, dict) and isinstance(data.get("root"), str) and data["root"]:
+        root = Path(data["root"]).expanduser()
+        if not root.is_absolute():
+            data = dict(data, root=str((config_dir / root).resolve()))
+            raw = dict(raw, data=data)
+    return raw
+
+
+def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Experiment:
+    """Load a YAML experiment (or the defaults when ``path`` is None) and apply overrides."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path).expanduser().resolve()
+        raw = resolve_data_root(read_yaml(path), path.parent)
+    raw = apply_overrides(raw, overrides)
+    return build_experiment(raw)
+
+
+def to_dict(exp: Experiment) -> dict[str, Any]:
+    """A plain nested mapping (tuples as lists) that :func:`build_experiment` accepts back."""
+
+    def plain(obj: Any) -> Any:
+        if dataclasses.is_dataclass(obj):
+            return {f.name: plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        if isinstance(obj, (list, tuple)):
+            return [plain(v) for v in obj]
+        return obj
+
+    out = {name: plain(getattr(exp, name)) for name in SECTIONS}
+    out["method"] = {"name": exp.method.name, **plain(exp.method.params)}
+    return out
+
+
+def dump_yaml(exp: Experiment) -> str:
+    return yaml.safe_dump(to_dict(exp), sort_keys=False)
+
+
+def config_hash(exp: Experiment) -> str:
+    """Short hash of everything that changes the result (the ``run`` section excluded)."""
+    content = to_dict(exp)
+    content.pop("run")
+    for key in ("progress", "log_every"):
+        content["train"].pop(key)
+    blob = json.dumps(content, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:8]
+
+
+def run_name(exp: Experiment) -> str:
+    if exp.run.name:
+        return exp.run.name
+    return (
+        f"{exp.data.dataset}_{exp.method.name}_{exp.data.labeled}l_s{exp.train.seed}_{config_hash(exp)}"
+    )

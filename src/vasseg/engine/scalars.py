@@ -1,0 +1,111 @@
+"""Buffered scalar logging: JSONL (always) and TensorBoard (when installed).
+
+Losses stay on the device as detached tensors until a flush, so a training step never waits for
+the device; one flush every ``log_every`` steps moves all of them to the host at once, checks
+that they are finite and writes them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteError(RuntimeError):
+    """A loss or gradient norm became NaN/inf; the message names the step and the term."""
+
+
+class ScalarLog:
+    """Collects per-step scalars and writes them to ``scalars.jsonl`` (+ TensorBoard)."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool = True, enabled: bool = True) -> None:
+        self.path = run_dir / "scalars.jsonl"
+        self.enabled = enabled
+        self.pending: list[tuple[int, dict[str, Any]]] = []
+        self.writer = self._tensorboard(run_dir / "tb") if (tensorboard and enabled) else None
+
+    @staticmethod
+    def _tensorboard(folder: Path) -> Any:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            log.warning("tensorboard is not installed: scalars go to scalars.jsonl only")
+            return None
+        return SummaryWriter(log_dir=str(folder))
+
+    def truncate_after(self, step: int) -> None:
+        """Drop lines past ``step`` (a resumed run rewrites the steps after its checkpoint)."""
+        if not self.enabled or not self.path.exists():
+            return
+        kept = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
+        self.path.write_text("".join(f"{ln}\n" for ln in kept))
+
+    def record(self, step: int, values: dict[str, Any]) -> None:
+        """Buffer the scalars of ``step`` (tensors are detached; nothing synchronises here)."""
+        clean = {k: v.detach() if isinstance(v, Tensor) else v for k, v in values.items()}
+        self.pending.append((step, clean))
+
+    def flush(self, check: bool = True) -> list[dict[str, Any]]:
+        """Move buffered scalars to the host, check them, write them; returns the rows."""
+        if not self.pending:
+            return []
+        rows = _to_host(self.pending)
+        self.pending = []
+        if check:
+            _check_finite(rows)
+        self._write(rows)
+        return rows
+
+    def _write(self, rows: list[dict[str, Any]]) -> None:
+        if self.enabled:
+            with self.path.open("a") as fh:
+                for row in rows:
+                    fh.write(json.dumps(row) + "\n")
+            if self.writer is not None:
+                for row in rows:
+                    for key, value in row.items():
+                        if key != "step" and isinstance(value, (int, float)):
+                            self.writer.add_scalar(key, value, row["step"])
+                self.writer.flush()
+
+    def write_row(self, step: int, values: dict[str, float]) -> None:
+        """Write host scalars right away (validation results may be NaN: not checked)."""
+        self.flush()
+        self._write([{"step": step, **values}])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _to_host(pending: list[tuple[int, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One device->host transfer per key for the whole buffer."""
+    by_key: dict[str, list[int]] = defaultdict(list)
+    tensors: dict[str, list[Tensor]] = defaultdict(list)
+    for i, (_, values) in enumerate(pending):
+        for key, value in values.items():
+            if isinstance(value, Tensor):
+                by_key[key].append(i)
+                tensors[key].append(value.float().reshape(()))
+    rows: list[dict[str, Any]] = [{"step": step, **{k: v for k, v in values.items() if not isinstance(v, Tensor)}}
+                                  for step, values in pending]
+    for key, idx in by_key.items():
+        for i, value in zip(idx, torch.stack(tensors[key]).cpu().tolist()):
+            rows[i][key] = value
+    return rows
+
+
+def _check_finite(rows: list[dict[str, Any]]) -> None:
+    for row in rows:
+        for key, value in row.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise NonFiniteError(f"step {row['step']}: {key} = {value}")

@@ -1,0 +1,281 @@
+"""The one training engine every method runs on.
+
+The trainer owns: device and AMP, optimizers and learning-rate policies, the two-stream batches,
+gradient clipping, the generator/discriminator ordering, EMA teachers, buffered logging with the
+non-finite guard, periodic validation, and atomic checkpoints with exact resume.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from vasseg.config import Experiment, to_dict
+from vasseg.data.batcher import Batch, TwoStreamBatcher
+from vasseg.engine.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+)
+from vasseg.engine.optim import ema_decay, ema_update, lr_factor, main_spec, make_optimizer, set_lr
+from vasseg.engine.scalars import NonFiniteError, ScalarLog
+from vasseg.engine.setup import DataBundle, autocast_dtype, use_channels_last
+from vasseg.methods.base import Method
+
+log = logging.getLogger(__name__)
+
+
+class TrainingStopped(RuntimeError):
+    """Training cannot go on (non-finite values); the message says where and what to resume."""
+
+
+class Trainer:
+    """Trains ``method`` on ``data`` for ``exp.train.iterations`` steps, in ``run_dir``."""
+
+    def __init__(self, exp: Experiment, method: Method, data: DataBundle, run_dir: Path,
+                 device: torch.device, rank: int = 0, world_size: int = 1) -> None:
+        self.exp, self.method, self.data, self.run_dir = exp, method, data, run_dir
+        self.device, self.rank, self.world_size = device, rank, world_size
+        self.is_main = rank == 0
+        self.ckpt_dir = run_dir / "checkpoints"
+        self.step = 0
+        self.best: dict[str, Any] = {"val_dice": -math.inf, "step": -1}
+        self.nonfinite_skips = 0
+        self.amp_dtype = autocast_dtype(exp, device)
+        self.channels_last = use_channels_last(exp, device)
+        self._place_method()
+        self.model: nn.Module = self.method  # replaced by a DDP wrapper when distributed
+        self.main_params = self.method.main_parameters()
+        self.optimizers = self._build_optimizers()
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
+        self.batcher = self._build_batcher()
+        self.scalars = ScalarLog(run_dir, exp.run.tensorboard, enabled=self.is_main)
+
+    # -- construction -------------------------------------------------------------------------
+
+    def _place_method(self) -> None:
+        fmt = torch.channels_last_3d if self.channels_last else torch.contiguous_format
+        self.method.to(self.device, memory_format=fmt)
+        if self.exp.train.compile:
+            for module in {self.method.student, *(t for t, _ in self.method.ema_pairs())}:
+                module.compile()
+
+    def _build_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        optimizers = {"main": make_optimizer(self.main_params, main_spec(self.exp.train))}
+        disc = self.method.discriminator_parameters()
+        spec = self.method.discriminator_optimizer()
+        if disc:
+            if spec is None:
+                raise ValueError(f"method {self.method.name!r} has discriminator parameters but no optimizer spec")
+            optimizers["disc"] = make_optimizer(disc, spec)
+            for p in disc:  # frozen except during its own step (generator step with D frozen)
+                p.requires_grad_(False)
+        return optimizers
+
+    def _build_batcher(self) -> TwoStreamBatcher:
+        d = self.exp.data
+        where = self.device if d.on_device else torch.device("cpu")
+        labeled = self.data.labeled.to(where)
+        unlabeled = self.data.unlabeled.to(where) if self.data.unlabeled is not None else None
+        return TwoStreamBatcher(
+            labeled, unlabeled, labeled_bs=d.labeled_bs,
+            unlabeled_bs=d.unlabeled_bs if unlabeled is not None else 0,
+            patch=d.patch_size, augment=d.augment, seed=self.exp.train.seed,
+            rank=self.rank, world_size=self.world_size,
+        )
+
+    # -- checkpoints --------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {
+            "step": self.step,
+            "method": self.method.state_dict(),
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "scaler": self.scaler.state_dict(),
+            "batcher": self.batcher.state_dict(),
+            "rng": rng,
+            "best": dict(self.best),
+            "nonfinite_skips": self.nonfinite_skips,
+            "config": to_dict(self.exp),
+            "world_size": self.world_size,
+        }
+
+    def save(self, name: str | None = None) -> Path | None:
+        if not self.is_main:
+            return None
+        name = name or f"step_{self.step:06d}.pt"
+        path = save_checkpoint(self.ckpt_dir, name, self.state_dict(), point_latest=name.startswith("step_"))
+        prune_checkpoints(self.ckpt_dir, self.exp.train.keep_checkpoints)
+        return path
+
+    def resume(self) -> bool:
+        """Restore the latest checkpoint of this run; False when there is none."""
+        path = latest_checkpoint(self.ckpt_dir)
+        if path is None:
+            return False
+        state = load_checkpoint(path, map_location=self.device)
+        self.method.load_state_dict(state["method"])
+        for key, opt in self.optimizers.items():
+            opt.load_state_dict(state["optimizers"][key])
+        self.scaler.load_state_dict(state["scaler"])
+        self.batcher.load_state_dict(state["batcher"])
+        torch.set_rng_state(state["rng"]["torch"].cpu())
+        if "cuda" in state["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
+        self.step = int(state["step"])
+        self.best = dict(state["best"])
+        self.nonfinite_skips = int(state.get("nonfinite_skips", 0))
+        self.scalars.truncate_after(self.step)
+        log.info("resumed from %s at step %d", path, self.step)
+        return True
+
+    # -- one step -----------------------------------------------------------------------------
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _next_batch(self) -> Batch:
+        batch = self.batcher.next().to(self.device)
+        if self.channels_last:
+            batch = batch.to_memory_format(torch.channels_last_3d)
+        return batch
+
+    def _optimize(self, key: str, loss: torch.Tensor, params: list[nn.Parameter]) -> torch.Tensor | None:
+        """Backward, (unscale,) clip, step; returns the gradient norm before clipping.
+
+        Under fp16 loss scaling an infinite norm is the scaler's normal overflow signal (it skips
+        the step itself), so no norm is returned for the non-finite guard to trip on.
+        """
+        opt = self.optimizers[key]
+        opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(opt)
+        max_norm = self.exp.train.grad_clip if (key == "main" and self.exp.train.grad_clip > 0) else math.inf
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
+        if self.exp.train.nonfinite == "skip" and not (math.isfinite(loss.item()) and math.isfinite(norm.item())):
+            self._skip_step(key, loss, norm)
+        else:
+            self.scaler.step(opt)
+        return None if self.scaler.is_enabled() else norm
+
+    def _skip_step(self, key: str, loss: torch.Tensor, norm: torch.Tensor) -> None:
+        self.nonfinite_skips += 1
+        opt = self.optimizers[key]
+        opt.zero_grad(set_to_none=True)
+        log.warning("step %d: skipped %s update (loss %s, grad norm %s); %d skipped so far",
+                    self.step, key, loss.item(), norm.item(), self.nonfinite_skips)
+        if self.nonfinite_skips > self.exp.train.max_nonfinite_skips:
+            raise TrainingStopped(
+                f"step {self.step}: more than {self.exp.train.max_nonfinite_skips} non-finite steps "
+                f"skipped; last good checkpoint: {latest_checkpoint(self.ckpt_dir)}"
+            )
+
+    def train_step(self) -> dict[str, Any]:
+        """One generator (+ discriminator) step and the EMA update; returns device scalars."""
+        t = self.exp.train
+        step = self.step
+        set_lr(self.optimizers["main"], t.lr * lr_factor(t, step))
+        batch = self._next_batch()
+        with self._autocast():
+            out = self.model(batch, step, "main")
+        out = dict(out)
+        norm = self._optimize("main", out["loss"], self.main_params)
+        if norm is not None:
+            out["grad_norm"] = norm
+        if "disc" in self.optimizers:
+            out.update(self._discriminator_step(batch, step))
+        self.scaler.update()
+        for teacher, student in self.method.ema_pairs():
+            ema_update(teacher, student, ema_decay(step, t.ema_decay))
+        out["lr"] = t.lr * lr_factor(t, step)
+        return out
+
+    def _discriminator_step(self, batch: Batch, step: int) -> dict[str, Any]:
+        params = self.method.discriminator_parameters()
+        for p in params:
+            p.requires_grad_(True)
+        try:
+            with self._autocast():
+                out = dict(self.model(batch, step, "disc"))
+            norm = self._optimize("disc", out["loss_d"], params)
+            if norm is not None:
+                out["grad_norm_d"] = norm
+        finally:
+            for p in params:
+                p.requires_grad_(False)
+        return out
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def fit(self) -> Path | None:
+        """Run to ``train.iterations``; returns the last checkpoint written (rank 0)."""
+        t = self.exp.train
+        self.method.train()
+        bar = tqdm(total=t.iterations, initial=self.step, disable=not (t.progress and self.is_main),
+                   desc=self.method.name, dynamic_ncols=True)
+        last: Path | None = None
+        started = time.perf_counter()
+        try:
+            while self.step < t.iterations:
+                out = self.train_step()
+                self.scalars.record(self.step, out)
+                self.step += 1
+                at_ckpt = self.step % t.ckpt_every == 0 or self.step == t.iterations
+                if self.step % t.log_every == 0 or at_ckpt:
+                    self._flush(bar)
+                if t.val_every and self.step % t.val_every == 0:
+                    self.validate()
+                if at_ckpt:
+                    last = self.save() or last
+        finally:
+            bar.close()
+            self.scalars.close()
+        log.info("trained %d steps in %.1f s", t.iterations, time.perf_counter() - started)
+        return last
+
+    def _flush(self, bar: tqdm) -> None:
+        try:
+            # In skip mode every step was already checked (and skipped ones are logged as such).
+            rows = self.scalars.flush(check=self.exp.train.nonfinite == "stop")
+        except NonFiniteError as exc:
+            raise TrainingStopped(
+                f"non-finite value at {exc}; stopped at step {self.step}. Last good checkpoint: "
+                f"{latest_checkpoint(self.ckpt_dir) or 'none yet'} (resume from it with --resume, "
+                f"perhaps with a lower train.lr or train.nonfinite=skip)"
+            ) from None
+        if rows:
+            bar.update(rows[-1]["step"] + 1 - bar.n)
+            shown = {k: f"{v:.4g}" for k, v in rows[-1].items() if k.startswith("loss")}
+            bar.set_postfix(shown, refresh=False)
+
+    def validate(self) -> dict[str, float] | None:
+        """Score the student on the validation split; keep ``best.pt`` on its mean Dice."""
+        if self.data.val is None or not self.is_main:
+            return None
+        from vasseg.engine.evaluate import evaluate_cases, summarize_rows
+
+        rows = evaluate_cases(self.method, self.data.val, self.exp, self.device, progress=False)
+        summary = summarize_rows(rows)
+        dice = summary["mean"]["dice"].mean
+        self.method.train()
+        values = {"val_dice": dice, "val_hd95": summary["mean"]["hd95"].mean}
+        self.scalars.write_row(self.step, values)
+        log.info("step %d: validation Dice %.4f", self.step, dice)
+        if dice > self.best["val_dice"]:
+            self.best = {"val_dice": dice, "step": self.step}
+            self.save("best.pt")
+        return values

@@ -1,0 +1,331 @@
+"""Reading images and writing label maps for ``vasseg predict``.
+
+Two input formats:
+
+- NIfTI (``.nii``, ``.nii.gz``) through nibabel: the voxel array in its on-disk array order, the
+  affine of the file (voxel index -> world mm) and the spacing from the header zooms (mm).
+- The LA HDF5 files of the semi-supervised lineage (``.h5``, ``.hdf5``): dataset ``image`` and an
+  optional ``label``. They carry no geometry, so the spacing is an argument (LA: 0.625 mm
+  isotropic) and the affine is ``diag(spacing, 1)``.
+
+Predictions are written as NIfTI label maps with the input's affine and zooms, so that they open
+aligned with the image in ITK-SNAP or 3D Slicer. Writes are atomic: a temporary file next to the
+target, fsync, ``os.replace``.
+
+Every failure raises :class:`ImageIOError` with a one-line message that starts with the path.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import h5py
+import nibabel as nib
+import numpy as np
+from nibabel.filebasedimages import ImageFileError
+
+logger = logging.getLogger(__name__)
+
+LA_SPACING: tuple[float, float, float] = (0.625, 0.625, 0.625)
+"""Voxel spacing of the LA (2018 Atrial Segmentation Challenge) volumes, mm."""
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+HDF5_SUFFIXES = (".h5", ".hdf5")
+
+# What nibabel, gzip/zlib and h5py raise on missing, truncated or corrupt files.
+_LIBRARY_ERRORS = (OSError, EOFError, ValueError, KeyError, TypeError, zlib.error, ImageFileError)
+
+# Default sform/qform code when the input gives none: 1 = "scanner anatomical".
+_SCANNER_CODE = 1
+
+
+class ImageIOError(ValueError):
+    """A file could not be read or written; the message is one line starting with the path."""
+
+
+def _error(path: Path | str, problem: str) -> ImageIOError:
+    """One-line error ``"<path>: <problem>"`` (library messages can span several lines)."""
+    return ImageIOError(f"{path}: {' '.join(str(problem).split())}")
+
+
+@dataclass
+class Volume:
+    """One image read from disk.
+
+    Attributes:
+        image: ``(X, Y, Z)`` float32 intensities, in the file's array order.
+        affine: ``(4, 4)`` float64 voxel-index -> world (mm) transform.
+        spacing: voxel size along X, Y, Z in mm.
+        label: ``(X, Y, Z)`` integer labels when the file holds them (LA HDF5), else ``None``.
+        header: the NIfTI header (reused when writing the prediction), ``None`` for HDF5.
+        source: the path it was read from.
+    """
+
+    image: np.ndarray
+    affine: np.ndarray
+    spacing: tuple[float, float, float]
+    label: np.ndarray | None
+    header: nib.Nifti1Header | None
+    source: Path
+
+
+def volume_format(path: Path | str) -> Literal["nifti", "hdf5"]:
+    """``"nifti"`` or ``"hdf5"`` from the file name; :class:`ImageIOError` otherwise."""
+    name = Path(path).name.lower()
+    if name.endswith(NIFTI_SUFFIXES):
+        return "nifti"
+    if name.endswith(HDF5_SUFFIXES):
+        return "hdf5"
+    known = ", ".join(NIFTI_SUFFIXES + HDF5_SUFFIXES)
+    raise _error(path, f"unknown image extension (expected one of {known})")
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------------------------
+
+
+def read_volume(path: Path | str, default_spacing: tuple[float, float, float] = LA_SPACING) -> Volume:
+    """Read a NIfTI or LA HDF5 volume and validate it.
+
+    Args:
+        path: ``.nii``, ``.nii.gz``, ``.h5`` or ``.hdf5`` file.
+        default_spacing: voxel size in mm for formats without geometry (HDF5).
+
+    Raises:
+        ImageIOError: missing file, unknown extension, truncated or corrupt file, missing
+            ``image`` key, image not 3-D, non-finite values, label shape mismatch.
+    """
+    path = Path(path)
+    kind = volume_format(path)
+    if not path.is_file():
+        raise _error(path, "no such file")
+    volume = _read_nifti(path) if kind == "nifti" else _read_hdf5(path, default_spacing)
+    _validate(volume)
+    logger.debug("read %s: shape %s, spacing %s mm", path, volume.image.shape, volume.spacing)
+    return volume
+
+
+def _read_nifti(path: Path) -> Volume:
+    """NIfTI via nibabel; the data (with scl_slope/inter applied) is read here, not lazily."""
+    try:
+        img = nib.load(str(path))
+        data = np.asarray(img.get_fdata(dtype=np.float32))
+        affine = np.asarray(img.affine, dtype=np.float64)
+        zooms = tuple(float(z) for z in img.header.get_zooms())
+    except _LIBRARY_ERRORS as exc:
+        raise _error(path, f"cannot read NIfTI ({type(exc).__name__}: {exc})") from exc
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]  # a single time point / channel stored as 4-D
+    if data.ndim != 3:
+        raise _error(path, f"image must be 3-D (or 4-D with one volume), got shape {data.shape}")
+    return Volume(
+        image=data,
+        affine=affine,
+        spacing=_spacing_triple(zooms[:3]),
+        label=None,
+        header=img.header,
+        source=path,
+    )
+
+
+def _read_hdf5(path: Path, spacing: tuple[float, float, float]) -> Volume:
+    """LA HDF5: ``image`` (required) and ``label`` (optional) datasets, no geometry."""
+    try:
+        with h5py.File(path, "r") as f:
+            image = _dataset(f, "image", path)
+            label = _dataset(f, "label", path) if "label" in f else None
+    except ImageIOError:
+        raise
+    except _LIBRARY_ERRORS as exc:
+        raise _error(path, f"cannot read HDF5 ({type(exc).__name__}: {exc})") from exc
+    if image is None:
+        raise _error(path, "HDF5 file has no 'image' dataset")
+    spacing = _spacing_triple(spacing)
+    return Volume(
+        image=np.asarray(image, dtype=np.float32),
+        affine=np.diag([*spacing, 1.0]).astype(np.float64),
+        spacing=spacing,
+        label=None if label is None else _as_label(label, path),
+        header=None,
+        source=path,
+    )
+
+
+def _dataset(f: h5py.File, key: str, path: Path) -> np.ndarray | None:
+    """The whole dataset ``key`` as an array, ``None`` when absent."""
+    if key not in f:
+        return None
+    node = f[key]
+    if not isinstance(node, h5py.Dataset):
+        raise _error(path, f"HDF5 entry '{key}' is not a dataset")
+    return node[()]
+
+
+def _spacing_triple(zooms: tuple[float, ...]) -> tuple[float, float, float]:
+    return (float(zooms[0]), float(zooms[1]), float(zooms[2]))
+
+
+def _as_label(label: np.ndarray, path: Path) -> np.ndarray:
+    """Integer label map: integral, finite, non-negative values; uint8 when they fit."""
+    label = np.asarray(label)
+    if label.dtype.kind == "f":
+        if not np.isfinite(label).all() or not np.array_equal(label, np.round(label)):
+            raise _error(path, "label has non-integer or non-finite values")
+    elif label.dtype.kind not in "biu":
+        raise _error(path, f"label has unsupported dtype {label.dtype}")
+    if label.size and label.min() < 0:
+        raise _error(path, "label has negative values")
+    return label.astype(np.uint8 if label.size == 0 or label.max() <= 255 else np.int64)
+
+
+def _validate(volume: Volume) -> None:
+    """Checks shared by all formats: 3-D, finite image, positive spacing, matching label."""
+    path, image = volume.source, volume.image
+    if image.ndim != 3:
+        raise _error(path, f"image must be 3-D, got shape {image.shape}")
+    if not np.isfinite(image).all():
+        bad = int(image.size - np.count_nonzero(np.isfinite(image)))
+        raise _error(path, f"image has {bad} non-finite values (NaN or inf)")
+    if not all(np.isfinite(s) and s > 0 for s in volume.spacing):
+        raise _error(path, f"voxel spacing {volume.spacing} must be positive and finite")
+    if volume.label is not None and volume.label.shape != image.shape:
+        raise _error(path, f"label shape {volume.label.shape} differs from image shape {image.shape}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+# ---------------------------------------------------------------------------------------------
+
+
+def write_label_nifti(
+    path: Path | str,
+    labels: np.ndarray,
+    affine: np.ndarray,
+    header: nib.Nifti1Header | None = None,
+) -> Path:
+    """Write an ``(X, Y, Z)`` label map as NIfTI, aligned with the image it was predicted from.
+
+    The file is uint8 (uint16 when a label exceeds 255); its sform and qform both equal
+    ``affine`` (codes taken from ``header`` when it sets them, else "scanner"), and its zooms
+    follow from the affine, so it overlays the input image in ITK-SNAP / 3D Slicer. The write is
+    atomic: a temporary file in the target's directory, fsync, then ``os.replace``; on failure
+    neither a partial target nor the temporary file is left behind.
+
+    Args:
+        path: ``.nii`` or ``.nii.gz`` target; its directory must exist and be writable.
+        labels: ``(X, Y, Z)`` non-negative integer (or bool) array.
+        affine: ``(4, 4)`` voxel-index -> world (mm) transform, usually ``Volume.affine``.
+        header: the input's NIfTI header (``Volume.header``) to carry units and codes over.
+
+    Returns:
+        The written path.
+    """
+    path = Path(path)
+    suffix = _nifti_suffix(path)
+    _check_writable_dir(path)
+    img = _label_image(path, labels, affine, header)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp{suffix}"
+    try:
+        nib.save(img, str(tmp))
+        _fsync_file(tmp)
+        os.replace(tmp, path)
+    except _LIBRARY_ERRORS as exc:
+        raise _error(path, f"cannot write NIfTI ({type(exc).__name__}: {exc})") from exc
+    finally:
+        # Whatever happened, never leave the temporary file behind.
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+    logger.info("wrote %s: shape %s, dtype %s", path, labels.shape, img.get_data_dtype())
+    return path
+
+
+def _nifti_suffix(path: Path) -> str:
+    name = path.name.lower()
+    for suffix in NIFTI_SUFFIXES:
+        if name.endswith(suffix):
+            return suffix
+    raise _error(path, "label output must end in .nii or .nii.gz")
+
+
+def _check_writable_dir(path: Path) -> None:
+    parent = path.parent
+    if not parent.is_dir():
+        raise _error(path, f"output directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise _error(path, f"output directory {parent} is not writable")
+
+
+def _label_array(path: Path, labels: np.ndarray) -> np.ndarray:
+    """Validate labels and pick the smallest unsigned dtype that holds them."""
+    labels = np.asarray(labels)
+    if labels.ndim != 3:
+        raise _error(path, f"labels must be 3-D (X, Y, Z), got shape {labels.shape}")
+    if labels.dtype.kind not in "biu":
+        raise _error(path, f"labels must be an integer or bool array, got dtype {labels.dtype}")
+    low, high = (int(labels.min()), int(labels.max())) if labels.size else (0, 0)
+    if low < 0 or high > np.iinfo(np.uint16).max:
+        raise _error(path, f"label values must lie in [0, 65535], got [{low}, {high}]")
+    return labels.astype(np.uint8 if high <= 255 else np.uint16)
+
+
+def _label_image(
+    path: Path, labels: np.ndarray, affine: np.ndarray, header: nib.Nifti1Header | None
+) -> nib.Nifti1Image:
+    """A Nifti1Image of the labels whose sform, qform and zooms all match ``affine``."""
+    data = _label_array(path, labels)
+    affine = np.asarray(affine, dtype=np.float64)
+    if affine.shape != (4, 4) or not np.isfinite(affine).all():
+        raise _error(path, f"affine must be a finite 4x4 matrix, got shape {affine.shape}")
+    source = header if isinstance(header, nib.Nifti1Header) else None
+    img = nib.Nifti1Image(data, affine, header=source.copy() if source is not None else None)
+    hdr = img.header
+    hdr.set_data_dtype(data.dtype)
+    # The input's intensity scaling and display window must not apply to labels.
+    hdr.set_slope_inter(1.0, 0.0)
+    hdr["cal_min"], hdr["cal_max"] = 0, 0
+    hdr["descrip"] = b"vasseg label map"
+    qcode, scode = _codes(source)
+    img.set_sform(affine, code=scode)
+    img.set_qform(affine, code=qcode)
+    if not np.allclose(img.get_qform(), affine, atol=1e-5):
+        # The qform is a rotation (quaternion) + zooms; it cannot hold a shear. Viewers then
+        # must use the sform, so mark the approximate qform unused.
+        logger.warning("%s: affine has shear; qform left unset, sform holds the affine", path)
+        img.set_qform(None, code=0)
+    if source is None:
+        hdr.set_xyzt_units("mm")
+    return img
+
+
+def _codes(header: nib.Nifti1Header | None) -> tuple[int, int]:
+    """(qform_code, sform_code) of the input, defaulting unset codes to "scanner"."""
+    if header is None:
+        return _SCANNER_CODE, _SCANNER_CODE
+    q, s = int(header["qform_code"]), int(header["sform_code"])
+    return q or s or _SCANNER_CODE, s or q or _SCANNER_CODE
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Persist the rename; not supported on every platform, hence best effort."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

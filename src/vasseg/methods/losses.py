@@ -1,0 +1,63 @@
+"""Losses and ramps shared by the methods (pure functions of tensors)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def soft_dice_loss(probs: Tensor, target: Tensor, smooth: float = 1e-5) -> Tensor:
+    """The lineage's Dice loss with squared sums, pooled over the batch, one class.
+
+    ``1 - (2 sum(p t) + s) / (sum(p^2) + sum(t^2) + s)`` with ``probs`` and ``target`` of the
+    same shape (any), ``target`` in {0, 1}.
+    """
+    target = target.float()
+    intersect = (probs * target).sum()
+    denom = (probs * probs).sum() + (target * target).sum()
+    return 1.0 - (2.0 * intersect + smooth) / (denom + smooth)
+
+
+def multiclass_dice_loss(probs: Tensor, labels: Tensor, smooth: float = 1e-5) -> Tensor:
+    """Mean of :func:`soft_dice_loss` over the foreground classes.
+
+    Args:
+        probs: ``(B, K, X, Y, Z)`` softmax probabilities.
+        labels: ``(B, X, Y, Z)`` integer class ids in ``[0, K)``.
+    For K = 2 this is exactly the lineage's ``dice_loss(p[:, 1], label == 1)``.
+    """
+    losses = [soft_dice_loss(probs[:, c], labels == c, smooth) for c in range(1, probs.shape[1])]
+    return torch.stack(losses).mean()
+
+
+def supervised_loss(logits: Tensor, labels: Tensor, kind: str = "dice") -> Tensor:
+    """Supervised segmentation loss on labeled patches.
+
+    ``kind="dice"`` is the VAS paper's Eq. 4; ``"ce_dice"`` is the lineage's 0.5 (CE + Dice).
+    ``logits``: ``(B, K, X, Y, Z)``; ``labels``: ``(B, X, Y, Z)`` int64.
+    """
+    dice = multiclass_dice_loss(torch.softmax(logits, dim=1), labels)
+    if kind == "dice":
+        return dice
+    if kind == "ce_dice":
+        return 0.5 * (F.cross_entropy(logits, labels) + dice)
+    raise ValueError(f"unknown supervised loss {kind!r}; choose dice or ce_dice")
+
+
+def softmax_mse(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
+    """Mean squared difference of the two softmaxes (the lineage's consistency loss).
+
+    The mean runs over every element ``(B, K, X, Y, Z)``; the teacher side carries no gradient.
+    """
+    return F.mse_loss(torch.softmax(student_logits, 1), torch.softmax(teacher_logits.detach(), 1))
+
+
+def sigmoid_rampup(step: float, length: float) -> float:
+    """Gaussian ramp ``exp(-5 (1 - clip(step / length, 0, 1))^2)`` (1 for ``length <= 0``)."""
+    if length <= 0:
+        return 1.0
+    t = min(max(step / length, 0.0), 1.0)
+    return math.exp(-5.0 * (1.0 - t) ** 2)

@@ -1,0 +1,102 @@
+"""Config loading: round trip, strict keys and types, overrides, base files, method params."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vasseg.config import (
+    ConfigError,
+    build_experiment,
+    config_hash,
+    dump_yaml,
+    load_config,
+    run_name,
+    to_dict,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_round_trip() -> None:
+    exp = build_experiment({})
+    again = build_experiment(yaml.safe_load(dump_yaml(exp)))
+    assert again == exp
+    assert to_dict(again) == to_dict(exp)
+
+
+def test_unknown_key_names_its_path_and_suggests() -> None:
+    with pytest.raises(ConfigError, match=r"unknown key 'train.iteratons' \(did you mean 'iterations'\?\)"):
+        build_experiment({"train": {"iteratons": 10}})
+
+
+def test_unknown_section_and_method_key() -> None:
+    with pytest.raises(ConfigError, match="unknown section 'trian'"):
+        build_experiment({"trian": {}})
+    with pytest.raises(ConfigError, match="unknown key 'method.consistancy'"):
+        build_experiment({"method": {"name": "mean_teacher", "consistancy": 1.0}})
+
+
+def test_wrong_types_are_rejected() -> None:
+    with pytest.raises(ConfigError, match="train.iterations: expected an integer"):
+        build_experiment({"train": {"iterations": "many"}})
+    with pytest.raises(ConfigError, match="data.patch_size: expected 3 values"):
+        build_experiment({"data": {"patch_size": [16, 16]}})
+    with pytest.raises(ConfigError, match="data.augment: expected true/false"):
+        build_experiment({"data": {"augment": "yes"}})
+    with pytest.raises(ConfigError, match="method.consistency: expected a number"):
+        build_experiment({"method": {"name": "mean_teacher", "consistency": "high"}})
+
+
+def test_int_is_accepted_for_float_and_list_for_tuple() -> None:
+    exp = build_experiment({"train": {"lr": 1}, "data": {"patch_size": [32, 32, 16]}})
+    assert exp.train.lr == 1.0 and isinstance(exp.train.lr, float)
+    assert exp.data.patch_size == (32, 32, 16)
+
+
+def test_unknown_method_and_bad_choices() -> None:
+    with pytest.raises(ConfigError, match="unknown method 'vass'"):
+        build_experiment({"method": {"name": "vass"}})
+    with pytest.raises(ConfigError, match="train.optimizer: 'rmsprop' is not one of sgd, adam"):
+        build_experiment({"train": {"optimizer": "rmsprop"}})
+    with pytest.raises(ConfigError, match="multiple of 16"):
+        build_experiment({"data": {"patch_size": [100, 112, 80]}})
+
+
+def test_overrides_and_base_file(tmp_path: Path) -> None:
+    (tmp_path / "base.yaml").write_text("train:\n  iterations: 100\n  lr: 0.5\ndata:\n  root: data\n")
+    (tmp_path / "child.yaml").write_text("base: base.yaml\ntrain:\n  lr: 0.1\nmethod:\n  name: mean_teacher\n")
+    exp = load_config(tmp_path / "child.yaml", ["train.iterations=7", "method.consistency=0.3"])
+    assert exp.train.iterations == 7 and exp.train.lr == 0.1
+    assert exp.method.name == "mean_teacher" and exp.method.params.consistency == 0.3
+    # relative data.root resolves against the config file's folder, not the working directory
+    assert exp.data.root == str((tmp_path / "data").resolve())
+    with pytest.raises(ConfigError, match="expected key=value"):
+        load_config(tmp_path / "child.yaml", ["train.iterations"])
+
+
+def test_bad_yaml_and_missing_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="bad.yaml: invalid YAML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="missing.yaml: cannot read config"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_run_name_hash_ignores_run_section_but_not_method() -> None:
+    a = build_experiment({"run": {"out_dir": "x"}})
+    b = build_experiment({"run": {"out_dir": "y"}})
+    c = build_experiment({"train": {"seed": 3}})
+    assert config_hash(a) == config_hash(b) != config_hash(c)
+    assert run_name(c).startswith("la_supervised_8l_s3_")
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").rglob("*.yaml")), ids=lambda p: str(p.relative_to(REPO)))
+def test_every_shipped_config_loads(path: Path) -> None:
+    if path.name.startswith("_"):
+        pytest.skip("base file")
+    exp = load_config(path)
+    assert exp.train.iterations > 0
