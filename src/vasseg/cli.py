@@ -54,7 +54,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("methods", help="list the registered methods")
     _add_common(p)
+    for name, (module, text) in PLUGIN_COMMANDS.items():
+        plugin = _plugin(module)
+        if plugin is not None:
+            p = sub.add_parser(name, help=text)
+            plugin.add_arguments(p)
+            _add_common(p)
     return parser
+
+
+# Subcommands implemented next to their feature: the module provides ``add_arguments(parser)`` and
+# ``run(args) -> int`` and keeps heavy imports inside ``run``.
+PLUGIN_COMMANDS: dict[str, tuple[str, str]] = {
+    "prepare": ("vasseg.data.prepare", "prepare a NIfTI dataset (BTCV pairs or MSD) for training"),
+    "report": ("vasseg.report.cli", "tables and figures (markdown + HTML + PNG) from run folders"),
+}
+
+
+def _plugin(module: str):  # noqa: ANN202 - a module object
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name == module:
+            return None
+        raise
 
 
 def setup_logging(debug: bool, quiet: bool) -> None:
@@ -133,6 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.debug, args.quiet)
     try:
+        if args.command in PLUGIN_COMMANDS:
+            return _plugin(PLUGIN_COMMANDS[args.command][0]).run(args)
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
         print("vasseg: interrupted", file=sys.stderr)

@@ -41,6 +41,7 @@ class DataConfig:
     train_list: str = "train.list"
     test_list: str = "test.list"
     num_classes: int = 2  # including background
+    class_names: tuple[str, ...] = ()  # one per class incl. background, for tables (default: ids)
     scale: float = 1.0  # <1 down-samples volumes (CPU-scale protocol); evaluation can stay native
     spacing: tuple[float, float, float] = (0.625, 0.625, 0.625)  # mm, for formats without geometry
     patch_size: tuple[int, int, int] = (112, 112, 80)
@@ -119,6 +120,9 @@ class RunConfig:
     out_dir: str = "runs"
     name: str = ""  # default: <dataset>_<method>_<labeled>l_s<seed>_<config hash>
     tensorboard: bool = True
+    # Steps at which voxel features of the student are saved (run_dir/features/step_N.npz) for
+    # the feature-space figures of `vasseg report`; empty: none.
+    feature_snapshots: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -275,6 +279,10 @@ def check_experiment(exp: Experiment) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{key}: must be positive (got {value})")
+    if exp.data.class_names and len(exp.data.class_names) != exp.data.num_classes:
+        raise ConfigError(
+            f"data.class_names: {len(exp.data.class_names)} names for {exp.data.num_classes} classes"
+        )
     if not 0 < exp.data.scale <= 1:
         raise ConfigError(f"data.scale: must be in (0, 1] (got {exp.data.scale})")
     for key, sizes in (("data.patch_size", exp.data.patch_size), ("eval.patch_size", exp.eval_patch)):

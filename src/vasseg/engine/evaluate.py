@@ -147,20 +147,22 @@ TABLE_NOTES = (
 )
 
 
-def format_summary(summary: dict[str, Any], method: str, labeled: str, note: str = "") -> str:
+def format_summary(summary: dict[str, Any], method: str, labeled: str, note: str = "",
+                   class_names: tuple[str, ...] = ()) -> str:
     """Markdown: the paper's column order, the mean over classes, then each class."""
     with_mm = not math.isnan(summary["mean"]["hd95_mm"].mean)
     text = table_header(with_mm) + table_line(method, labeled, summary["mean"], with_mm)
     if len(summary["per_class"]) > 1:
         for cls, s in summary["per_class"].items():
-            text += table_line(f"{method} (class {cls})", labeled, s, with_mm)
+            name = class_names[cls] if cls < len(class_names) else f"class {cls}"
+            text += table_line(f"{method} ({name})", labeled, s, with_mm)
     counts = ", ".join(f"{k}: {v}" for k, v in sorted(summary["counts"].items()))
     text += f"\n{summary['cases']} cases; case/class outcomes: {counts}. {note}\n\n{TABLE_NOTES}\n"
     return text
 
 
 def write_results(rows: list[Row], summary: dict[str, Any], out_dir: Path, title: str, labeled: str,
-                  note: str = "") -> str:
+                  note: str = "", class_names: tuple[str, ...] = ()) -> str:
     """Write ``cases.csv``, ``summary.json`` and ``summary.md`` into ``out_dir``; return the table."""
     out_dir.mkdir(parents=True, exist_ok=True)
     with (out_dir / "cases.csv").open("w", newline="") as fh:
@@ -175,6 +177,6 @@ def write_results(rows: list[Row], summary: dict[str, Any], out_dir: Path, title
         "cases": summary["cases"],
     }
     (out_dir / "summary.json").write_text(json.dumps(plain, indent=2))
-    table = format_summary(summary, title, labeled, note)
+    table = format_summary(summary, title, labeled, note, class_names)
     (out_dir / "summary.md").write_text(table)
     return table

@@ -55,7 +55,8 @@ def train_experiment(exp: Experiment, resume: bool = False, evaluate_val: bool =
         if evaluate_val and data.val is not None:
             rows = evaluate_cases(method, data.val, exp, device, progress=exp.train.progress)
             table = write_results(rows, summarize_rows(rows), run_dir / "eval" / "val_last",
-                                  exp.method.name, str(exp.data.labeled), "Validation split, last checkpoint.")
+                                  exp.method.name, str(exp.data.labeled), "Validation split, last checkpoint.",
+                                  exp.data.class_names)
             log.info("validation split, last checkpoint:\n%s", table)
     finally:
         logging.getLogger("vasseg").removeHandler(handler)
@@ -97,5 +98,6 @@ def evaluate_run(target: str | Path, split: str = "val", checkpoint: str = "last
     name = Path(split).stem if Path(split).is_file() else split
     out_dir = Path(out) if out else loaded.run_dir / "eval" / f"{name}_{loaded.checkpoint.stem}"
     note = f"Split '{name}' ({len(ids)} cases), checkpoint {loaded.checkpoint.name} (step {loaded.step})."
-    table = write_results(rows, summarize_rows(rows), out_dir, exp.method.name, str(exp.data.labeled), note)
+    table = write_results(rows, summarize_rows(rows), out_dir, exp.method.name, str(exp.data.labeled), note,
+                          exp.data.class_names)
     return out_dir, table

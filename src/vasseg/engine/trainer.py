@@ -239,6 +239,8 @@ class Trainer:
                     self._flush(bar)
                 if t.val_every and self.step % t.val_every == 0:
                     self.validate()
+                if self.step in self.exp.run.feature_snapshots and self.is_main:
+                    self._feature_snapshot()
                 if at_ckpt:
                     last = self.save() or last
         finally:
@@ -261,6 +263,13 @@ class Trainer:
             bar.update(rows[-1]["step"] + 1 - bar.n)
             shown = {k: f"{v:.4g}" for k, v in rows[-1].items() if k.startswith("loss")}
             bar.set_postfix(shown, refresh=False)
+
+    def _feature_snapshot(self) -> None:
+        """Save sampled voxel features of the student now (for the report's feature figures)."""
+        from vasseg.report.features import save_snapshot
+
+        save_snapshot(self.method, self.data, self.exp, self.step, self.run_dir / "features", self.device)
+        self.method.train()
 
     def validate(self) -> dict[str, float] | None:
         """Score the student on the validation split; keep ``best.pt`` on its mean Dice."""

@@ -37,5 +37,14 @@ def available_methods() -> list[str]:
     return sorted(_REGISTRY)
 
 
-# Built-in methods register on import (kept at the bottom: they import ``register`` from here).
-from vasseg.methods import mean_teacher, supervised  # noqa: E402,F401
+def _import_builtin_methods() -> None:
+    """Import every module of this package so that its methods register themselves."""
+    import importlib
+    import pkgutil
+
+    for info in pkgutil.iter_modules(__path__):
+        if info.name not in ("base", "losses") and not info.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{info.name}")
+
+
+_import_builtin_methods()
