@@ -4,6 +4,15 @@ Every foreground class of every case is scored by sliding-window inference and
 :mod:`vasseg.metrics`. Distances are reported in voxels (as the lineage's tables are) and in mm
 when the spacing is known. The empty-mask rule of :mod:`vasseg.metrics` applies and the summary
 counts how many cases fell under it.
+
+Grids. A case is scored on the ``native`` grid (the file's original grid; the model's
+probabilities are resized to it) or on the ``model`` grid (the volume the network ran on);
+``eval.native_resolution`` picks the primary one, whose rows fill ``cases.csv`` and
+``summary.json``. A prepared multi-organ dataset (``data.dataset: prepared``) is scored on both:
+the paper's Table II is in voxels of the prepared 128x128x64 grid, while mm belong to the
+original scan. The other grid's rows go to ``cases_<grid>.csv`` and its tables to ``summary.md``.
+With several foreground classes ``summary.md`` adds the paper's Table II layout (average
+Dice, Jaccard, 95HD, ASSD, then one Dice column per class, named by ``data.class_names``).
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ from tqdm import tqdm
 
 from vasseg.config import Experiment
 from vasseg.data.volumes import Case, VolumeSet
-from vasseg.engine.inference import resize_probs, sliding_window_probs
+from vasseg.engine.inference import sliding_window_probs
 from vasseg.methods.base import Method
 from vasseg.metrics import CaseMetrics, Summary, format_mean_std, per_class_metrics, summarize
 
@@ -47,70 +56,142 @@ class Row:
     asd_mm: float
     assd_mm: float
     status: str
+    grid: str = "native"  # "native": the file's original grid; "model": the grid the network ran on
+
+
+GRID_TITLES = {
+    "native": "the original scan (native grid: voxels and mm of the file)",
+    "model": "the model's grid (the volume the network ran on; for `vasseg prepare` data the prepared grid)",
+}
+
+
+def scoring_grids(exp: Experiment) -> tuple[str, ...]:
+    """Grids every case is scored on, the primary (``eval.native_resolution``) first."""
+    primary = "native" if exp.eval.native_resolution else "model"
+    if exp.data.dataset == "prepared":
+        return (primary, "model" if primary == "native" else "native")
+    return (primary,)
+
+
+@torch.no_grad()
+def case_probs(method: Method, case: Case, exp: Experiment, device: torch.device) -> torch.Tensor:
+    """Sliding-window class probabilities ``(K, X, Y, Z)`` on the model grid of ``case``."""
+    return sliding_window_probs(
+        method.predict, case.image, exp.eval_patch, exp.eval.stride, exp.data.num_classes,
+        batch_size=exp.eval.batch_size, device=device,
+    )
+
+
+def native_reference(case: Case, exp: Experiment) -> np.ndarray | None:
+    """The label on the file's original grid, when the case was resampled; else None.
+
+    Prepared datasets keep it on disk (a full-resolution CT label is large) and it is read here.
+    """
+    if case.native_label is not None:
+        return case.native_label.cpu().numpy()
+    if exp.data.dataset == "prepared" and case.source:
+        from vasseg.data.prepared import read_native_label
+
+        return read_native_label(case.source, exp.data.num_classes)
+    return None
+
+
+def on_grid(probs: torch.Tensor, case: Case, exp: Experiment,
+            grid: str) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+    """(prediction, reference, spacing in mm) of ``case`` on ``grid`` ("native" or "model").
+
+    "native" falls back to the model grid when the case was never resampled (they coincide).
+    """
+    if grid == "native":
+        ref = native_reference(case, exp)
+        if ref is not None:
+            from vasseg.data.prepared import resized_argmax
+
+            pred = resized_argmax(probs, ref.shape).cpu().numpy()
+            return pred, ref, tuple(case.native_spacing or case.spacing)
+    if case.label is None:
+        raise ValueError(f"{case.where}: no label to evaluate against")
+    return probs.argmax(0).to(torch.uint8).cpu().numpy(), case.label.cpu().numpy(), tuple(case.spacing)
 
 
 @torch.no_grad()
 def predict_case(method: Method, case: Case, exp: Experiment, device: torch.device) -> tuple[np.ndarray, Case]:
-    """Label map of one case ``(X, Y, Z)`` (native resolution when configured) and its reference."""
-    probs = sliding_window_probs(
-        method.predict, case.image, exp.eval_patch, exp.eval.stride, exp.data.num_classes,
-        batch_size=exp.eval.batch_size, device=device,
-    )
-    if exp.eval.native_resolution and case.native_label is not None:
-        probs = resize_probs(probs, tuple(case.native_label.shape))
+    """Label map of one case ``(X, Y, Z)`` on the primary grid (native when configured)."""
+    probs = case_probs(method, case, exp, device)
+    if scoring_grids(exp)[0] == "native" and case.native_shape and tuple(case.native_shape) != case.shape:
+        from vasseg.data.prepared import resized_argmax
+
+        return resized_argmax(probs, case.native_shape).cpu().numpy(), case
     return probs.argmax(0).to(torch.uint8).cpu().numpy(), case
 
 
 def reference_of(case: Case, exp: Experiment) -> tuple[np.ndarray, tuple[float, ...]]:
-    """The label the prediction is scored against, and its spacing in mm."""
-    if exp.eval.native_resolution and case.native_label is not None:
-        return case.native_label.cpu().numpy(), tuple(case.native_spacing or case.spacing)
+    """The label the primary grid's prediction is scored against, and its spacing in mm."""
+    if scoring_grids(exp)[0] == "native":
+        ref = native_reference(case, exp)
+        if ref is not None:
+            return ref, tuple(case.native_spacing or case.spacing)
     if case.label is None:
         raise ValueError(f"{case.where}: no label to evaluate against")
     return case.label.cpu().numpy(), tuple(case.spacing)
 
 
 def score_case(case_id: str, pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...],
-               num_classes: int, empty_distance: str) -> list[Row]:
+               num_classes: int, empty_distance: str, grid: str = "native") -> list[Row]:
     """Rows for every foreground class; mm distances reuse voxel ones for isotropic spacing."""
     classes = list(range(1, num_classes))
     vox = per_class_metrics(pred, ref, classes, None, empty_distance)
     isotropic = len(set(spacing)) == 1
     mm = vox if isotropic else per_class_metrics(pred, ref, classes, spacing, empty_distance)
     factor = spacing[0] if isotropic else 1.0
-    return [_row(case_id, c, vox[c], mm[c], factor) for c in classes]
+    return [_row(case_id, c, vox[c], mm[c], factor, grid) for c in classes]
 
 
-def _row(case_id: str, cls: int, vox: CaseMetrics, mm: CaseMetrics, factor: float) -> Row:
+def _row(case_id: str, cls: int, vox: CaseMetrics, mm: CaseMetrics, factor: float, grid: str) -> Row:
     return Row(case=case_id, cls=cls, dice=vox.dice, jaccard=vox.jaccard, hd95=vox.hd95,
                asd=vox.asd, assd=vox.assd, hd95_mm=mm.hd95 * factor, asd_mm=mm.asd * factor,
-               assd_mm=mm.assd * factor, status=vox.status)
+               assd_mm=mm.assd * factor, status=vox.status, grid=grid)
 
 
 def evaluate_cases(method: Method, cases: VolumeSet, exp: Experiment, device: torch.device,
                    progress: bool = True) -> list[Row]:
-    """Predict and score every case; the method is left in eval mode."""
+    """Predict and score every case on every grid of :func:`scoring_grids`; the method is left in
+    eval mode. Rows of the primary grid come first for each case."""
     method.eval()
     rows: list[Row] = []
+    grids = scoring_grids(exp)
     for case in tqdm(list(cases), desc="evaluate", disable=not progress, dynamic_ncols=True):
-        pred, _ = predict_case(method, case, exp, device)
-        ref, spacing = reference_of(case, exp)
-        rows += score_case(case.id, pred, ref, spacing, exp.data.num_classes, exp.eval.empty_distance)
+        probs = case_probs(method, case, exp, device)
+        for grid in grids:
+            pred, ref, spacing = on_grid(probs, case, exp, grid)
+            rows += score_case(case.id, pred, ref, spacing, exp.data.num_classes, exp.eval.empty_distance, grid)
     return rows
 
 
 def summarize_rows(rows: Iterable[Row]) -> dict[str, Any]:
-    """Mean ± std over cases, per class and for the per-case mean over classes, plus counts."""
+    """Summary of the primary grid (the first grid in ``rows``); other grids under ``other_grids``.
+
+    Each summary: mean ± std over cases per class and of the per-case mean over classes, plus
+    the outcome counts and the number of cases.
+    """
     rows = list(rows)
+    grids = list(dict.fromkeys(r.grid for r in rows)) or ["native"]
+    out = _summarize([r for r in rows if r.grid == grids[0]])
+    out["grid"] = grids[0]
+    out["other_grids"] = {g: _summarize([r for r in rows if r.grid == g]) for g in grids[1:]}
+    return out
+
+
+def _summarize(rows: list[Row]) -> dict[str, Any]:
+    names = (*METRICS, *(f"{k}_mm" for k in MM_METRICS))
     per_class: dict[int, dict[str, Summary]] = {}
     for cls in sorted({r.cls for r in rows}):
         sel = [r for r in rows if r.cls == cls]
-        per_class[cls] = {m: summarize([getattr(r, m) for r in sel]) for m in (*METRICS, *(f"{k}_mm" for k in MM_METRICS))}
+        per_class[cls] = {m: summarize([getattr(r, m) for r in sel]) for m in names}
     by_case: dict[str, list[Row]] = {}
     for r in rows:
         by_case.setdefault(r.case, []).append(r)
-    mean = {m: summarize([_nanmean([getattr(r, m) for r in rs]) for rs in by_case.values()])
-            for m in (*METRICS, *(f"{k}_mm" for k in MM_METRICS))}
+    mean = {m: summarize([_nanmean([getattr(r, m) for r in rs]) for rs in by_case.values()]) for m in names}
     counts: dict[str, int] = {}
     for r in rows:
         counts[r.status] = counts.get(r.status, 0) + 1
@@ -129,13 +210,42 @@ def table_header(with_mm: bool) -> str:
     return "| " + " | ".join(["method", "labeled", *cols]) + " |\n|" + "---|" * (len(cols) + 2) + "\n"
 
 
+def _pct(x: Summary) -> Summary:
+    return Summary(x.mean * 100, x.std * 100, x.n, x.n_nan)
+
+
 def table_line(label: str, labeled: str, s: dict[str, Summary], with_mm: bool) -> str:
-    pct = lambda x: Summary(x.mean * 100, x.std * 100, x.n, x.n_nan)  # noqa: E731
-    cells = [format_mean_std(pct(s["dice"])), format_mean_std(pct(s["jaccard"])),
+    cells = [format_mean_std(_pct(s["dice"])), format_mean_std(_pct(s["jaccard"])),
              format_mean_std(s["hd95"]), format_mean_std(s["asd"])]
     if with_mm:
         cells += [format_mean_std(s["hd95_mm"]), format_mean_std(s["asd_mm"])]
     return "| " + " | ".join([label, labeled, *cells]) + " |\n"
+
+
+def _mean_cell(s: Summary) -> str:
+    return "n/a" if s.n == 0 else f"{s.mean:.2f}"
+
+
+def _class_name(cls: int, class_names: tuple[str, ...]) -> str:
+    return class_names[cls] if cls < len(class_names) else f"class {cls}"
+
+
+def table2(summary: dict[str, Any], method: str, class_names: tuple[str, ...], with_mm: bool) -> str:
+    """The paper's Table II layout: averages over classes, then one Dice column per class.
+
+    Means over cases only (the paper prints no std); the per-class rows above carry the spread.
+    """
+    classes = sorted(summary["per_class"])
+    mean = summary["mean"]
+    cols = ["Dice %", "Jaccard %", "95HD (vox)", "ASSD* (vox)"] + (["95HD (mm)", "ASSD* (mm)"] if with_mm else [])
+    cols += [f"{_class_name(c, class_names)} (Dice %)" for c in classes]
+    cells = [_mean_cell(_pct(mean["dice"])), _mean_cell(_pct(mean["jaccard"])), _mean_cell(mean["hd95"]),
+             _mean_cell(mean["asd"])]
+    if with_mm:
+        cells += [_mean_cell(mean["hd95_mm"]), _mean_cell(mean["asd_mm"])]
+    cells += [_mean_cell(_pct(summary["per_class"][c]["dice"])) for c in classes]
+    return ("| " + " | ".join(["method", *cols]) + " |\n|" + "---|" * (len(cols) + 1) + "\n"
+            + "| " + " | ".join([method, *cells]) + " |\n")
 
 
 TABLE_NOTES = (
@@ -147,35 +257,58 @@ TABLE_NOTES = (
 )
 
 
-def format_summary(summary: dict[str, Any], method: str, labeled: str, note: str = "",
-                   class_names: tuple[str, ...] = ()) -> str:
-    """Markdown: the paper's column order, the mean over classes, then each class."""
+def _grid_section(summary: dict[str, Any], grid: str, method: str, labeled: str,
+                  class_names: tuple[str, ...]) -> str:
+    """One grid's tables: the lineage layout with per-class rows, then Table II (multi-class)."""
     with_mm = not math.isnan(summary["mean"]["hd95_mm"].mean)
-    text = table_header(with_mm) + table_line(method, labeled, summary["mean"], with_mm)
+    text = f"Scored on {GRID_TITLES.get(grid, grid)}.\n\n"
+    text += table_header(with_mm) + table_line(method, labeled, summary["mean"], with_mm)
     if len(summary["per_class"]) > 1:
         for cls, s in summary["per_class"].items():
-            name = class_names[cls] if cls < len(class_names) else f"class {cls}"
-            text += table_line(f"{method} ({name})", labeled, s, with_mm)
+            text += table_line(f"{method} ({_class_name(cls, class_names)})", labeled, s, with_mm)
+        text += "\nTable II layout (means over cases; averages over the classes, then Dice per class):\n\n"
+        text += table2(summary, method, class_names, with_mm)
     counts = ", ".join(f"{k}: {v}" for k, v in sorted(summary["counts"].items()))
-    text += f"\n{summary['cases']} cases; case/class outcomes: {counts}. {note}\n\n{TABLE_NOTES}\n"
-    return text
+    return text + f"\n{summary['cases']} cases; case/class outcomes: {counts}.\n"
 
 
-def write_results(rows: list[Row], summary: dict[str, Any], out_dir: Path, title: str, labeled: str,
-                  note: str = "", class_names: tuple[str, ...] = ()) -> str:
-    """Write ``cases.csv``, ``summary.json`` and ``summary.md`` into ``out_dir``; return the table."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with (out_dir / "cases.csv").open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(Row.__dataclass_fields__))
-        writer.writeheader()
-        for r in rows:
-            writer.writerow(asdict(r))
-    plain = {
+def format_summary(summary: dict[str, Any], method: str, labeled: str, note: str = "",
+                   class_names: tuple[str, ...] = ()) -> str:
+    """Markdown: the paper's column order, the mean over classes, then each class, per grid."""
+    text = _grid_section(summary, summary.get("grid", "native"), method, labeled, class_names)
+    for grid, other in summary.get("other_grids", {}).items():
+        text += "\n" + _grid_section(other, grid, method, labeled, class_names)
+    return text + (f"\n{note}\n" if note else "") + f"\n{TABLE_NOTES}\n"
+
+
+def _plain(summary: dict[str, Any]) -> dict[str, Any]:
+    return {
         "per_class": {str(c): {m: asdict(v) for m, v in s.items()} for c, s in summary["per_class"].items()},
         "mean": {m: asdict(v) for m, v in summary["mean"].items()},
         "counts": summary["counts"],
         "cases": summary["cases"],
     }
+
+
+def _write_csv(path: Path, rows: list[Row]) -> None:
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(Row.__dataclass_fields__))
+        writer.writeheader()
+        for r in rows:
+            writer.writerow(asdict(r))
+
+
+def write_results(rows: list[Row], summary: dict[str, Any], out_dir: Path, title: str, labeled: str,
+                  note: str = "", class_names: tuple[str, ...] = ()) -> str:
+    """Write ``cases.csv`` (primary grid), ``cases_<grid>.csv`` (other grids), ``summary.json``
+    and ``summary.md`` into ``out_dir``; return the markdown."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    primary = summary.get("grid", rows[0].grid if rows else "native")
+    _write_csv(out_dir / "cases.csv", [r for r in rows if r.grid == primary])
+    for grid in summary.get("other_grids", {}):
+        _write_csv(out_dir / f"cases_{grid}.csv", [r for r in rows if r.grid == grid])
+    plain = _plain(summary) | {"grid": primary,
+                               "other_grids": {g: _plain(s) for g, s in summary.get("other_grids", {}).items()}}
     (out_dir / "summary.json").write_text(json.dumps(plain, indent=2))
     table = format_summary(summary, title, labeled, note, class_names)
     (out_dir / "summary.md").write_text(table)

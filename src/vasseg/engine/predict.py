@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from vasseg.engine.inference import resize_probs, sliding_window_probs
 from vasseg.engine.loading import LoadedRun, load_run
 from vasseg.engine.setup import select_device
-from vasseg.io import Volume, read_volume, write_label_nifti
+from vasseg.io import Volume, check_label_output, read_volume, write_label_nifti
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,7 @@ def predict_file(target: str | Path, input_path: str | Path, output_path: str | 
                  checkpoint: str = "last", device: str = "auto", progress: bool = True) -> Path:
     """Segment ``input_path`` (NIfTI or LA h5) with a trained run; write ``output_path`` (NIfTI)."""
     dev = select_device(device)
+    check_label_output(output_path)  # fail before loading the model and running inference
     loaded = load_run(target, checkpoint, dev)
     exp = loaded.exp
     volume = read_volume(Path(input_path), default_spacing=exp.data.spacing)

@@ -7,6 +7,7 @@ import logging
 import os
 import platform
 import random
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,8 +45,11 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
-    elif torch.cuda.is_available():
-        torch.backends.cudnn.benchmark = True  # fixed patch sizes: autotuning pays off
+    else:
+        # Process-wide switches: a run after a deterministic one in the same process must not inherit them.
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.deterministic = False
+        torch.backends.cudnn.benchmark = torch.cuda.is_available()  # fixed patch sizes: autotuning pays off
 
 
 def autocast_dtype(exp: Experiment, device: torch.device) -> torch.dtype | None:
@@ -99,8 +103,9 @@ def load_cases(exp: Experiment, ids: list[str], progress: bool = True) -> Volume
         cases = load_la(root, ids, scale=exp.data.scale, spacing=exp.data.spacing, progress=progress,
                         num_classes=exp.data.num_classes)
     else:  # "prepared": the output of `vasseg prepare`
-        from vasseg.data.prepared import load_prepared
+        from vasseg.data.prepared import check_classes, load_prepared
 
+        check_classes(root, exp.data.num_classes, exp.data.class_names)
         cases = load_prepared(root, ids, scale=exp.data.scale, progress=progress)
     cases.validate(exp.data.num_classes)
     return cases
@@ -145,6 +150,8 @@ def prepare_run_dir(exp: Experiment, split: Split, resume: bool) -> Path:
     (run_dir / "config.yaml").write_text(dump_yaml(exp))
     write_split(split, run_dir / "split.yaml")
     (run_dir / "env.json").write_text(json.dumps(environment(), indent=2))
+    if exp.data.dataset == "prepared":  # predict needs the preprocessing record even if the data moves
+        shutil.copy2(data_root(exp) / "prepared.json", run_dir / "prepared.json")
     return run_dir
 
 
