@@ -28,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.iterations=6000 data.root=/d/LA")
     p.add_argument("--resume", action="store_true", help="continue this configuration's run from its latest checkpoint")
     p.add_argument("--out-dir", help="parent folder of the run folder (overrides run.out_dir)")
+    p.add_argument("--deterministic", action="store_true",
+                   help="train.deterministic=true: seeded, deterministic algorithms only (slower on GPU)")
     _add_common(p)
 
     p = sub.add_parser("evaluate", help="score a trained run on a split (per-case CSV + summary table)")
@@ -93,9 +95,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from vasseg.engine.run import train_experiment
 
     overrides = list(args.overrides) + ([f"run.out_dir={args.out_dir}"] if args.out_dir else [])
-    exp = load_config(args.config, overrides)
+    if args.deterministic:
+        overrides.append("train.deterministic=true")
     if args.quiet:
-        exp = load_config(args.config, overrides + ["train.progress=false"])
+        overrides.append("train.progress=false")
+    exp = load_config(args.config, overrides)
     run_dir = train_experiment(exp, resume=args.resume)
     print(run_dir)
     return 0
@@ -150,8 +154,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from vasseg.engine.trainer import TrainingStopped
     from vasseg.io import ImageIOError
 
-    return (ConfigError, DataError, CheckpointError, TrainingStopped, ImageIOError, FileNotFoundError,
-            PermissionError, ValueError)
+    # OSError covers the environment's failures too (disk full, quota, read-only file system):
+    # the message names the path, a traceback would add nothing for the user.
+    return (ConfigError, DataError, CheckpointError, TrainingStopped, ImageIOError, OSError, ValueError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -279,6 +280,20 @@ def check_experiment(exp: Experiment) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{key}: must be positive (got {value})")
+    non_negative = {
+        "data.labeled": exp.data.labeled,
+        "data.num_val": exp.data.num_val,
+        "data.unlabeled_bs": exp.data.unlabeled_bs,
+        "train.val_every": exp.train.val_every,
+        "train.keep_checkpoints": exp.train.keep_checkpoints,
+        "train.max_nonfinite_skips": exp.train.max_nonfinite_skips,
+        "train.grad_clip": exp.train.grad_clip,
+    }
+    for key, value in non_negative.items():
+        if value < 0:
+            raise ConfigError(f"{key}: must not be negative (got {value})")
+    if not (exp.train.lr > 0 and math.isfinite(exp.train.lr)):
+        raise ConfigError(f"train.lr: must be a positive finite number (got {exp.train.lr})")
     if exp.data.class_names and len(exp.data.class_names) != exp.data.num_classes:
         raise ConfigError(
             f"data.class_names: {len(exp.data.class_names)} names for {exp.data.num_classes} classes"

@@ -19,8 +19,12 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 import uuid
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -29,6 +33,8 @@ import h5py
 import nibabel as nib
 import numpy as np
 from nibabel.filebasedimages import ImageFileError
+from nibabel.imageglobals import logger as nibabel_logger
+from nibabel.spatialimages import HeaderDataError, ImageDataError
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +44,10 @@ LA_SPACING: tuple[float, float, float] = (0.625, 0.625, 0.625)
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 HDF5_SUFFIXES = (".h5", ".hdf5")
 
-# What nibabel, gzip/zlib and h5py raise on missing, truncated or corrupt files.
-_LIBRARY_ERRORS = (OSError, EOFError, ValueError, KeyError, TypeError, zlib.error, ImageFileError)
+# What nibabel, gzip/zlib and h5py raise on missing, truncated or corrupt files (fuzzing corrupt
+# headers also gives nibabel's HeaderDataError and h5py's RuntimeError from damaged metadata).
+_LIBRARY_ERRORS = (OSError, EOFError, ValueError, KeyError, TypeError, RuntimeError, zlib.error,
+                   ImageFileError, HeaderDataError, ImageDataError)
 
 # Default sform/qform code when the input gives none: 1 = "scanner anatomical".
 _SCANNER_CODE = 1
@@ -100,7 +108,8 @@ def read_volume(path: Path | str, default_spacing: tuple[float, float, float] = 
 
     Raises:
         ImageIOError: missing file, unknown extension, truncated or corrupt file, missing
-            ``image`` key, image not 3-D, non-finite values, label shape mismatch.
+            ``image`` key, image not 3-D or with an empty axis, non-finite values, label shape
+            mismatch.
     """
     path = Path(path)
     kind = volume_format(path)
@@ -115,10 +124,11 @@ def read_volume(path: Path | str, default_spacing: tuple[float, float, float] = 
 def _read_nifti(path: Path) -> Volume:
     """NIfTI via nibabel; the data (with scl_slope/inter applied) is read here, not lazily."""
     try:
-        img = nib.load(str(path))
-        data = np.asarray(img.get_fdata(dtype=np.float32))
-        affine = np.asarray(img.affine, dtype=np.float64)
-        zooms = tuple(float(z) for z in img.header.get_zooms())
+        with _quiet_nibabel():
+            img = nib.load(str(path))
+            data = np.asarray(img.get_fdata(dtype=np.float32))
+            affine = np.asarray(img.affine, dtype=np.float64)
+            zooms = tuple(float(z) for z in img.header.get_zooms())
     except _LIBRARY_ERRORS as exc:
         raise _error(path, f"cannot read NIfTI ({type(exc).__name__}: {exc})") from exc
     if data.ndim == 4 and data.shape[3] == 1:
@@ -133,6 +143,18 @@ def _read_nifti(path: Path) -> Volume:
         header=img.header,
         source=path,
     )
+
+
+@contextmanager
+def _quiet_nibabel() -> Iterator[None]:
+    """Mute nibabel's header complaints (printed to stderr by its own logger): a corrupt header
+    becomes one ImageIOError line, and the fixes nibabel applies to a readable one are noise."""
+    was = nibabel_logger.disabled
+    nibabel_logger.disabled = True
+    try:
+        yield
+    finally:
+        nibabel_logger.disabled = was
 
 
 def _read_hdf5(path: Path, spacing: tuple[float, float, float]) -> Volume:
@@ -190,6 +212,8 @@ def _validate(volume: Volume) -> None:
     path, image = volume.source, volume.image
     if image.ndim != 3:
         raise _error(path, f"image must be 3-D, got shape {image.shape}")
+    if 0 in image.shape:
+        raise _error(path, f"image has an empty axis (shape {image.shape})")
     if not np.isfinite(image).all():
         bad = int(image.size - np.count_nonzero(np.isfinite(image)))
         raise _error(path, f"image has {bad} non-finite values (NaN or inf)")
@@ -243,6 +267,14 @@ def write_label_nifti(
         tmp.unlink(missing_ok=True)
     _fsync_dir(path.parent)
     logger.info("wrote %s: shape %s, dtype %s", path, labels.shape, img.get_data_dtype())
+    return path
+
+
+def check_label_output(path: Path | str) -> Path:
+    """Fail early (before any inference) when ``path`` cannot receive a NIfTI label map."""
+    path = Path(path)
+    _nifti_suffix(path)
+    _check_writable_dir(path)
     return path
 
 
@@ -329,3 +361,42 @@ def _fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+@contextmanager
+def atomic_dir(final: Path | str) -> Iterator[Path]:
+    """Yield a temporary folder beside ``final``; it becomes ``final`` only if the block succeeds.
+
+    Readers therefore see either the previous complete folder or the new complete one, never a
+    half-written one (e.g. a ``cases.csv`` cut short by a full disk). On failure the temporary
+    folder is removed and a previous ``final`` is left untouched. Replacing an existing folder
+    moves it aside first (``rename`` cannot replace a non-empty folder), then deletes it.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; a results folder should follow the umask
+    try:
+        yield tmp
+        _swap_dir(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    _fsync_dir(final.parent)
+
+
+def _swap_dir(new: Path, final: Path) -> None:
+    """Put folder ``new`` in place of ``final`` (which may exist)."""
+    old = None
+    if final.exists():
+        old = final.parent / f".{final.name}.{uuid.uuid4().hex[:8]}.old"
+        os.replace(final, old)
+    try:
+        os.replace(new, final)
+    except OSError:
+        if old is not None:
+            os.replace(old, final)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -109,6 +109,8 @@ def test_sigkill_then_resume_reproduces_the_uninterrupted_losses(phantom_root: P
     assert proc.returncode == -signal.SIGKILL, f"run ended before the kill at step {kill_at}"
     resumed = _run_cli(cut_cfg, "--resume")
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read().decode()
+    steps = [json.loads(ln)["step"] for ln in (cut_dir / "scalars.jsonl").read_text().splitlines() if '"loss"' in ln]
+    assert steps == list(range(24)), "a step is missing or logged twice after the resume"
     expected, got = _losses(ref_dir), _losses(cut_dir)
     assert sorted(got) == list(range(24))
     assert got == expected, f"killed after ~{kill_at} steps: losses differ after resume"

@@ -90,12 +90,17 @@ def check_cases_exist(root: str | Path, ids: Sequence[str], list_name: str = "th
         )
 
 
+# What h5py raises on corrupt files besides OSError: damaged object headers surface as KeyError
+# or RuntimeError from a lookup, damaged names as TypeError (bytes vs str), found by fuzzing.
+H5_ERRORS = (OSError, ValueError, RuntimeError, KeyError, TypeError)
+
+
 def _read_dataset(f: h5py.File, path: Path, key: str) -> np.ndarray:
     if key not in f:
-        raise DataError(f"{path}: missing key {key!r} (keys: {', '.join(sorted(f.keys()))})")
+        raise DataError(f"{path}: missing key {key!r} (keys: {', '.join(sorted(map(str, f.keys())))})")
     try:
         return np.asarray(f[key][()])
-    except (OSError, ValueError, RuntimeError) as exc:
+    except H5_ERRORS as exc:
         msg = " ".join(str(exc).split())
         raise DataError(f"{path}: cannot read dataset {key!r} ({msg})") from exc
 
@@ -122,7 +127,7 @@ def read_h5_case(path: str | Path, num_classes: int = LA_NUM_CLASSES) -> tuple[n
         label: uint8 ``(X, Y, Z)`` with values in ``0..num_classes-1``.
 
     Raises DataError naming the file for a missing/corrupt/truncated file, missing keys,
-    non-3-D or mismatched shapes, non-finite intensities or out-of-range labels.
+    non-3-D, empty or mismatched shapes, non-finite intensities or out-of-range labels.
     """
     path = Path(path)
     if not path.is_file():
@@ -131,11 +136,15 @@ def read_h5_case(path: str | Path, num_classes: int = LA_NUM_CLASSES) -> tuple[n
         with h5py.File(path, "r") as f:
             image = _read_dataset(f, path, "image")
             label = _read_dataset(f, path, "label")
-    except OSError as exc:  # not an HDF5 file, truncated superblock, ...
+    except DataError:
+        raise
+    except H5_ERRORS as exc:  # not an HDF5 file, truncated superblock, damaged metadata, ...
         msg = " ".join(str(exc).split())
         raise DataError(f"{path}: cannot open as HDF5 ({msg})") from exc
     if image.ndim != 3:
         raise DataError(f"{path}: image must be 3-D (X, Y, Z), got shape {image.shape}")
+    if 0 in image.shape:
+        raise DataError(f"{path}: image has an empty axis (shape {image.shape})")
     if label.shape != image.shape:
         raise DataError(f"{path}: label shape {label.shape} != image shape {image.shape}")
     if image.dtype.kind not in "fiu":

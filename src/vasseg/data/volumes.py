@@ -175,6 +175,41 @@ def _validate_label(case: Case, name: str, lab: Tensor, num_classes: int) -> Non
                         f"0..{num_classes - 1}")
 
 
+def min_training_extent(patch: Sequence[int]) -> Shape3:
+    """The smallest volume extent per axis that training accepts for ``patch``: half the patch.
+
+    Zero padding brings any smaller volume up to the patch, but below half the patch most of
+    every crop along that axis is padding (all of it for an empty axis): the network would learn
+    the padding, not the scan. That is the line drawn here; sliding-window inference pads any
+    size and has no such limit.
+    """
+    x, y, z = ((int(p) + 1) // 2 for p in patch)
+    return (x, y, z)
+
+
+def check_training_cases(cases: VolumeSet, patch: Sequence[int], augment: bool,
+                         labeled: bool) -> None:
+    """Refuse cases that training cannot use; DataError naming the case, the file and the rule.
+
+    Every case must be at least `min_training_extent` on every axis (in both x-y orientations
+    when augmentation rotates by 90 degrees); a labeled case must hold some foreground (an
+    all-background label map teaches nothing and is almost always a wrong or empty file).
+    """
+    need = min_training_extent(patch)
+    for case in cases:
+        shapes = [case.shape] + ([(case.shape[1], case.shape[0], case.shape[2])] if augment else [])
+        if any(d < n for shape in shapes for d, n in zip(shape, need)):
+            raise DataError(
+                f"{case.where}: volume {case.shape} of case {case.id} is too small for "
+                f"data.patch_size {tuple(patch)}: every axis needs at least half the patch "
+                f"{need}{' (x and y either way round: augmentation rotates)' if augment else ''}; "
+                f"use a smaller data.patch_size (or a larger data.scale) or drop the case"
+            )
+        if labeled and (case.label is None or not bool(case.label.any())):
+            raise DataError(f"{case.where}: label of labeled case {case.id} has no foreground "
+                            f"(every voxel is background)")
+
+
 def scaled_shape(shape: Sequence[int], scale: float) -> Shape3:
     """``round(dim * scale)`` per axis, at least 1 voxel."""
     x, y, z = (max(1, int(round(d * scale))) for d in shape)

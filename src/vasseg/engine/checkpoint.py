@@ -3,19 +3,25 @@
 A checkpoint is written to a temporary file in the same folder, flushed and fsynced, then renamed
 over its final name; only then is the ``latest`` pointer (a one-line text file, itself replaced
 atomically) moved to it. A crash at any moment therefore leaves the previous checkpoint and a
-pointer that names a complete file. Loading uses ``torch.load(weights_only=True)``: a file that
-carries pickled code is refused instead of executed.
+pointer that names a complete file. The state is serialised in memory before the file is
+opened, so a full disk surfaces as ``OSError(ENOSPC)`` from the write (``torch.save`` streaming
+into a file reports it as an opaque ``RuntimeError``) and is reported as a `CheckpointError`
+naming the file and the checkpoint that is still intact. Loading uses
+``torch.load(weights_only=True)``: a file that carries pickled code is refused instead of executed.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import os
+import random
 import re
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 log = logging.getLogger(__name__)
@@ -41,10 +47,18 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _default_mode(fd: int) -> None:
+    """Give a mkstemp file (0600) the mode a plain open() would: 0666 minus the umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)
+
+
 def atomic_write_bytes(path: Path, write: Any) -> None:
     """Call ``write(file_object)`` on a temp file beside ``path``, fsync, then rename over it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    _default_mode(fd)
     try:
         with os.fdopen(fd, "wb") as fh:
             write(fh)
@@ -57,17 +71,40 @@ def atomic_write_bytes(path: Path, write: Any) -> None:
     _fsync_dir(path.parent)
 
 
+def serialize(state: dict[str, Any]) -> bytes:
+    """``torch.save`` into memory (the write to disk is then a plain, checkable byte write)."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
 def save_checkpoint(folder: Path, name: str, state: dict[str, Any], point_latest: bool = True) -> Path:
-    """Write ``state`` atomically as ``folder/name``; optionally move the ``latest`` pointer to it."""
+    """Write ``state`` atomically as ``folder/name``; optionally move the ``latest`` pointer to it.
+
+    On any OS failure (disk full, quota, I/O error) nothing is replaced: the previous checkpoint
+    and the pointer stay as they were, no temporary file is left, and `CheckpointError` says so.
+    """
     path = folder / name
+    blob = serialize(state)
     try:
-        atomic_write_bytes(path, lambda fh: torch.save(state, fh))
+        atomic_write_bytes(path, lambda fh: fh.write(blob))
         if point_latest:
             atomic_write_bytes(folder / LATEST, lambda fh: fh.write(f"{name}\n".encode()))
     except OSError as exc:
-        raise CheckpointError(f"{path}: could not write checkpoint ({exc.strerror or exc}); "
-                              f"the previous checkpoint is intact") from None
+        raise CheckpointError(
+            f"{path}: could not write checkpoint ({exc.strerror or exc}); checkpoint folder "
+            f"{folder} still holds the previous checkpoint ({_intact(folder)})"
+        ) from None
     return path
+
+
+def _intact(folder: Path) -> str:
+    """How an error message names the checkpoint that survived a failed save."""
+    try:
+        latest = latest_checkpoint(folder)
+    except CheckpointError:
+        return "unreadable latest pointer"
+    return f"latest = {latest.name}" if latest is not None else "none written yet"
 
 
 def latest_checkpoint(folder: Path) -> Path | None:
@@ -75,14 +112,28 @@ def latest_checkpoint(folder: Path) -> Path | None:
     pointer = folder / LATEST
     if not pointer.exists():
         return None
-    target = folder / pointer.read_text().strip()
+    try:
+        name = pointer.read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{pointer}: unreadable latest pointer ({exc})") from None
+    # The pointer only ever holds a file name written by save_checkpoint; anything else
+    # (a path, an empty file) was not written by us and must not steer loading elsewhere.
+    if not name or Path(name).name != name or name in (".", ".."):
+        raise CheckpointError(f"{pointer}: latest pointer holds {name!r}, not a checkpoint file name")
+    target = folder / name
     if not target.is_file():
         raise CheckpointError(f"{pointer}: names {target.name}, which does not exist")
     return target
 
 
 def prune_checkpoints(folder: Path, keep: int) -> None:
-    """Delete all but the newest ``keep`` step checkpoints (never the one ``latest`` names)."""
+    """Delete all but the newest ``keep`` step checkpoints (never the one ``latest`` names).
+
+    Temporary files of writes that never finished (the process was killed mid-write) go too:
+    only one process writes a run's checkpoints, and its own write has completed by now.
+    """
+    for stale in folder.glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
     latest = latest_checkpoint(folder)
     steps = sorted(
         (int(m.group(1)), p) for p in folder.glob("step_*.pt") if (m := STEP_FILE.match(p.name))
@@ -92,6 +143,39 @@ def prune_checkpoints(folder: Path, keep: int) -> None:
             path.unlink(missing_ok=True)
 
 
+def rng_state() -> dict[str, Any]:
+    """Every global generator a method may draw from, as plain data ``weights_only`` accepts.
+
+    torch (and CUDA) drive dropout and noise; Python's ``random`` and NumPy's global state are
+    saved too because a method may use them, and exact resume must not depend on whether it does.
+    """
+    np_state = np.random.get_state(legacy=False)
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+                  "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
+                  "gauss": float(np_state["gauss"])},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what `rng_state` saved (older checkpoints hold only the torch states)."""
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    if "python" in state:
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+    if "numpy" in state:
+        n = state["numpy"]
+        np.random.set_state({"bit_generator": "MT19937", "has_gauss": n["has_gauss"], "gauss": n["gauss"],
+                             "state": {"key": n["key"].cpu().numpy().astype(np.uint32), "pos": n["pos"]}})
+
+
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint safely (``weights_only=True``); refuse anything that is not plain data."""
     if not path.is_file():
@@ -99,13 +183,27 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises several types for unsafe/corrupt files
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
-            raise CheckpointError(
-                f"{path}: refused to load: the file carries pickled objects that could run code "
-                f"({text[:160]})"
-            ) from None
-        raise CheckpointError(f"{path}: not a readable checkpoint ({text[:160]})") from None
+        raise _load_error(path, exc) from None
     if not isinstance(state, dict) or "method" not in state:
         raise CheckpointError(f"{path}: not a vasseg checkpoint (no 'method' weights)")
     return state
+
+
+UNSAFE_GLOBAL = re.compile(r"GLOBAL ([\w.]+)", re.IGNORECASE)
+
+
+def _load_error(path: Path, exc: Exception) -> CheckpointError:
+    """A one-line error: refused (pickled code) or unreadable (truncated, not a checkpoint).
+
+    torch's own message for a refused global starts by suggesting ``weights_only=False``; that
+    advice is deliberately not passed on: it is exactly what would run the embedded code.
+    """
+    text = " ".join(str(exc).split())
+    if "weights only" in text.lower() or "weights_only" in text or "unsupported global" in text.lower():
+        found = UNSAFE_GLOBAL.search(text)
+        what = f" ({found.group(1)})" if found else ""
+        return CheckpointError(
+            f"{path}: refused to load: the file carries a pickled object{what} that could run "
+            f"code; only plain tensors and containers are accepted, nothing was executed"
+        )
+    return CheckpointError(f"{path}: not a readable checkpoint ({text[:160] or type(exc).__name__})")

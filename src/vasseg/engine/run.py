@@ -1,23 +1,37 @@
-"""The two workflows behind the CLI: train an experiment, evaluate a trained run."""
+"""The two workflows behind the CLI: train an experiment, evaluate a trained run.
+
+Failure behaviour (see the README's "Failure behaviour"): everything a run can check cheaply is
+checked before the first step (output folder writable, every case readable and usable for
+training); a run folder created by a run that fails before its first step is removed again, so
+nothing half-made is left behind; evaluation results appear as a complete folder or not at all.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import shutil
 from pathlib import Path
 
-from vasseg.config import Experiment
+import torch
+
+from vasseg.config import ConfigError, Experiment
+from vasseg.data.volumes import DataError, check_training_cases
 from vasseg.engine.evaluate import evaluate_cases, summarize_rows, write_results
 from vasseg.engine.loading import load_run
 from vasseg.engine.setup import (
+    DataBundle,
     build_data,
     build_method,
     load_cases,
     prepare_run_dir,
+    run_dir_for,
     seed_everything,
     select_device,
 )
 from vasseg.engine.trainer import Trainer
+from vasseg.io import atomic_dir
 from vasseg.methods import get_method
 
 log = logging.getLogger(__name__)
@@ -36,32 +50,81 @@ def attach_file_log(run_dir: Path) -> logging.Handler:
     return handler
 
 
+def check_output_dir(folder: Path) -> None:
+    """Fail now, not after hours of work, when ``folder`` cannot be created or written."""
+    probe = folder
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(f"{folder}: cannot create the output folder ({probe} is not a folder)")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"{folder}: output folder is not writable ({probe} is read-only)")
+
+
+def check_training_data(exp: Experiment, data: DataBundle) -> None:
+    """Refuse volumes too small for the patch and labeled cases without foreground."""
+    d = exp.data
+    check_training_cases(data.labeled, d.patch_size, d.augment, labeled=True)
+    if data.unlabeled is not None:
+        check_training_cases(data.unlabeled, d.patch_size, d.augment, labeled=False)
+
+
+def start_trainer(exp: Experiment, data: DataBundle, run_dir: Path, device: torch.device,
+                  resume: bool) -> Trainer:
+    """Seed, build the method and the trainer, restore the latest checkpoint when asked."""
+    seed_everything(exp.train.seed, exp.train.deterministic)
+    trainer = Trainer(exp, build_method(exp), data, run_dir, device)
+    if resume and trainer.resume():
+        return trainer
+    if resume:
+        log.warning("no checkpoint to resume in %s: starting from step 0", run_dir)
+    trainer.scalars.truncate_after(0)  # a fresh start: rows of an earlier failed attempt go
+    return trainer
+
+
 def train_experiment(exp: Experiment, resume: bool = False, evaluate_val: bool = True) -> Path:
     """Train ``exp`` (resuming its latest checkpoint when asked); returns the run folder."""
     exp = absolute_out_dir(exp)
     method_cls = get_method(exp.method.name)
     device = select_device(exp.train.device)
+    check_output_dir(Path(exp.run.out_dir))
     data = build_data(exp, method_cls, progress=exp.train.progress)
-    run_dir = prepare_run_dir(exp, data.split, resume)
-    handler = attach_file_log(run_dir)
+    check_training_data(exp, data)
+    fresh = not run_dir_for(exp).exists()
+    handler: logging.Handler | None = None
     try:
-        seed_everything(exp.train.seed, exp.train.deterministic)
-        method = build_method(exp)
-        trainer = Trainer(exp, method, data, run_dir, device)
-        if resume and not trainer.resume():
-            log.info("no checkpoint to resume in %s: starting from step 0", run_dir)
+        run_dir = prepare_run_dir(exp, data.split, resume)
+        handler = attach_file_log(run_dir)
+        trainer = start_trainer(exp, data, run_dir, device, resume)
+    except BaseException:
+        _detach(handler)
+        if fresh:  # failed before its first step: leave nothing half-made behind
+            shutil.rmtree(run_dir_for(exp), ignore_errors=True)
+        raise
+    try:
         log.info("run folder: %s (device %s)", run_dir, device)
         trainer.fit()
         if evaluate_val and data.val is not None:
-            rows = evaluate_cases(method, data.val, exp, device, progress=exp.train.progress)
-            table = write_results(rows, summarize_rows(rows), run_dir / "eval" / "val_last",
-                                  exp.method.name, str(exp.data.labeled), "Validation split, last checkpoint.",
-                                  exp.data.class_names)
-            log.info("validation split, last checkpoint:\n%s", table)
+            evaluate_val_split(exp, trainer, data, run_dir, device)
     finally:
+        _detach(handler)
+    return run_dir
+
+
+def evaluate_val_split(exp: Experiment, trainer: Trainer, data: DataBundle, run_dir: Path,
+                       device: torch.device) -> None:
+    """Score the last weights on the validation split into ``run_dir/eval/val_last``."""
+    rows = evaluate_cases(trainer.method, data.val, exp, device, progress=exp.train.progress)
+    with atomic_dir(run_dir / "eval" / "val_last") as tmp:
+        table = write_results(rows, summarize_rows(rows), tmp, exp.method.name, str(exp.data.labeled),
+                              "Validation split, last checkpoint.", exp.data.class_names)
+    log.info("validation split, last checkpoint:\n%s", table)
+
+
+def _detach(handler: logging.Handler | None) -> None:
+    if handler is not None:
         logging.getLogger("vasseg").removeHandler(handler)
         handler.close()
-    return run_dir
 
 
 def split_ids(exp: Experiment, run_dir: Path, split: str) -> list[str]:
@@ -81,6 +144,8 @@ def split_ids(exp: Experiment, run_dir: Path, split: str) -> list[str]:
     path = Path(split)
     if path.is_file():
         return read_id_list(path)
+    if path.suffix or len(path.parts) > 1:
+        raise DataError(f"{path}: id-list file not found")
     raise ValueError(f"split {split!r}: choose val, test, labeled, unlabeled or an id-list file")
 
 
@@ -93,11 +158,13 @@ def evaluate_run(target: str | Path, split: str = "val", checkpoint: str = "last
     loaded = load_run(target, checkpoint, dev, overrides)
     exp = loaded.exp
     ids = split_ids(exp, loaded.run_dir, split)
+    name = Path(split).stem if Path(split).is_file() else split
+    out_dir = Path(out).expanduser() if out else loaded.run_dir / "eval" / f"{name}_{loaded.checkpoint.stem}"
+    check_output_dir(out_dir)
     cases = load_cases(exp, ids, progress=progress)
     rows = evaluate_cases(loaded.method, cases, exp, dev, progress=progress)
-    name = Path(split).stem if Path(split).is_file() else split
-    out_dir = Path(out) if out else loaded.run_dir / "eval" / f"{name}_{loaded.checkpoint.stem}"
     note = f"Split '{name}' ({len(ids)} cases), checkpoint {loaded.checkpoint.name} (step {loaded.step})."
-    table = write_results(rows, summarize_rows(rows), out_dir, exp.method.name, str(exp.data.labeled), note,
-                          exp.data.class_names)
+    with atomic_dir(out_dir) as tmp:
+        table = write_results(rows, summarize_rows(rows), tmp, exp.method.name, str(exp.data.labeled), note,
+                              exp.data.class_names)
     return out_dir, table

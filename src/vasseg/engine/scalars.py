@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from vasseg.engine.checkpoint import atomic_write_bytes
+
 log = logging.getLogger(__name__)
 
 
@@ -43,11 +45,16 @@ class ScalarLog:
         return SummaryWriter(log_dir=str(folder))
 
     def truncate_after(self, step: int) -> None:
-        """Drop lines past ``step`` (a resumed run rewrites the steps after its checkpoint)."""
+        """Keep only the rows a checkpoint taken after ``step`` steps had already seen.
+
+        A resumed run redoes the training steps ``step, step+1, ...``, so their rows go; the
+        validation row written at ``step`` (before that checkpoint was saved) stays. A line cut
+        short by a kill is dropped too. The file is replaced atomically.
+        """
         if not self.enabled or not self.path.exists():
             return
-        kept = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
-        self.path.write_text("".join(f"{ln}\n" for ln in kept))
+        kept = [ln for ln in self.path.read_text().splitlines() if _before(ln, step)]
+        atomic_write_bytes(self.path, lambda fh: fh.write("".join(f"{ln}\n" for ln in kept).encode()))
 
     def record(self, step: int, values: dict[str, Any]) -> None:
         """Buffer the scalars of ``step`` (tensors are detached; nothing synchronises here)."""
@@ -85,6 +92,19 @@ class ScalarLog:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def _before(line: str, step: int) -> bool:
+    """Whether a JSONL row belongs to the state of a checkpoint taken after ``step`` steps."""
+    try:
+        row = json.loads(line)
+        row_step = int(row["step"])
+    except (ValueError, KeyError, TypeError):
+        if line.strip():
+            log.warning("scalars.jsonl: dropping an incomplete line (a kill mid-write): %.60s", line)
+        return False
+    training = any(k != "step" and not k.startswith("val_") for k in row)
+    return row_step < step or (row_step == step and not training)
 
 
 def _to_host(pending: list[tuple[int, dict[str, Any]]]) -> list[dict[str, Any]]:

@@ -24,7 +24,9 @@ from vasseg.engine.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
     prune_checkpoints,
+    rng_state,
     save_checkpoint,
+    set_rng_state,
 )
 from vasseg.engine.optim import ema_decay, ema_update, lr_factor, main_spec, make_optimizer, set_lr
 from vasseg.engine.scalars import NonFiniteError, ScalarLog
@@ -96,16 +98,13 @@ class Trainer:
     # -- checkpoints --------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        rng = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
         return {
             "step": self.step,
             "method": self.method.state_dict(),
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
             "scaler": self.scaler.state_dict(),
             "batcher": self.batcher.state_dict(),
-            "rng": rng,
+            "rng": rng_state(),
             "best": dict(self.best),
             "nonfinite_skips": self.nonfinite_skips,
             "config": to_dict(self.exp),
@@ -131,9 +130,7 @@ class Trainer:
             opt.load_state_dict(state["optimizers"][key])
         self.scaler.load_state_dict(state["scaler"])
         self.batcher.load_state_dict(state["batcher"])
-        torch.set_rng_state(state["rng"]["torch"].cpu())
-        if "cuda" in state["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
+        set_rng_state(state["rng"])
         self.step = int(state["step"])
         self.best = dict(state["best"])
         self.nonfinite_skips = int(state.get("nonfinite_skips", 0))
@@ -181,8 +178,18 @@ class Trainer:
         if self.nonfinite_skips > self.exp.train.max_nonfinite_skips:
             raise TrainingStopped(
                 f"step {self.step}: more than {self.exp.train.max_nonfinite_skips} non-finite steps "
-                f"skipped; last good checkpoint: {latest_checkpoint(self.ckpt_dir)}"
+                f"skipped (last: {key} loss = {loss.item()}, grad norm = {norm.item()}). "
+                f"{self._last_good()}"
             )
+
+    def _last_good(self) -> str:
+        """Where a stopped run can go on from, for its error message."""
+        path = latest_checkpoint(self.ckpt_dir) if self.is_main else None
+        if path is None:
+            return (f"Last good checkpoint: none yet in {self.ckpt_dir} (rerun, perhaps with a lower "
+                    f"train.lr or train.nonfinite=skip)")
+        return (f"Last good checkpoint: {path} (resume from it with --resume, perhaps with a lower "
+                f"train.lr or train.nonfinite=skip)")
 
     def train_step(self) -> dict[str, Any]:
         """One generator (+ discriminator) step and the EMA update; returns device scalars."""
@@ -235,9 +242,12 @@ class Trainer:
                 self.scalars.record(self.step, out)
                 self.step += 1
                 at_ckpt = self.step % t.ckpt_every == 0 or self.step == t.iterations
-                if self.step % t.log_every == 0 or at_ckpt:
+                at_val = bool(t.val_every) and self.step % t.val_every == 0
+                # Every checkpoint (best.pt from validation included) follows a checked flush,
+                # so no checkpoint ever holds weights trained on a non-finite step.
+                if self.step % t.log_every == 0 or at_ckpt or at_val:
                     self._flush(bar)
-                if t.val_every and self.step % t.val_every == 0:
+                if at_val:
                     self.validate()
                 if self.step in self.exp.run.feature_snapshots and self.is_main:
                     self._feature_snapshot()
@@ -255,9 +265,7 @@ class Trainer:
             rows = self.scalars.flush(check=self.exp.train.nonfinite == "stop")
         except NonFiniteError as exc:
             raise TrainingStopped(
-                f"non-finite value at {exc}; stopped at step {self.step}. Last good checkpoint: "
-                f"{latest_checkpoint(self.ckpt_dir) or 'none yet'} (resume from it with --resume, "
-                f"perhaps with a lower train.lr or train.nonfinite=skip)"
+                f"non-finite value at {exc}; stopped at step {self.step}. {self._last_good()}"
             ) from None
         if rows:
             bar.update(rows[-1]["step"] + 1 - bar.n)
