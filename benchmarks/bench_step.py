@@ -1,0 +1,133 @@
+"""Time one training step of registered methods (median over repeats), on CPU or GPU.
+
+    python benchmarks/bench_step.py --device cpu --patch 48 48 32 --steps 5
+    python benchmarks/bench_step.py --device cuda --variants lineage,fast --methods mean_teacher,vas
+
+Variants (each a set of engine switches; the method code is identical):
+  plain    fp32, contiguous memory, vasseg's batched on-device augmentation
+  fast     plain + bf16 autocast (CUDA) + channels-last 3-D + torch.compile of the networks
+  lineage  fp32, per-sample NumPy augmentation in a 4-worker DataLoader (the lineage's way)
+The volumes are synthetic phantoms of LA size (the timing does not depend on the content).
+Prints a markdown table; ``--json`` also writes the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from lineage import LineageBatcher  # noqa: E402
+
+from vasseg.config import build_experiment  # noqa: E402
+from vasseg.data.splits import Split  # noqa: E402
+from vasseg.data.synthetic import make_phantom_set  # noqa: E402
+from vasseg.engine.setup import DataBundle, build_method, seed_everything  # noqa: E402
+from vasseg.engine.trainer import Trainer  # noqa: E402
+from vasseg.methods import available_methods, get_method  # noqa: E402
+
+VARIANTS = {
+    "plain": {"amp": "none", "channels_last": "off", "compile": False},
+    "fast": {"amp": "auto", "channels_last": "on", "compile": True},
+    "lineage": {"amp": "none", "channels_last": "off", "compile": False},
+}
+
+
+def phantoms(args: argparse.Namespace) -> DataBundle:
+    shape = tuple(args.volume)
+    labeled = make_phantom_set(4, shape, args.classes, seed=1)
+    unlabeled = make_phantom_set(4, shape, args.classes, seed=2)
+    split = Split(labeled=labeled.ids, unlabeled=[f"u{i}" for i in range(4)], val=[])
+    return DataBundle(split=split, labeled=labeled, unlabeled=unlabeled, val=None)
+
+
+def experiment(method: str, variant: str, args: argparse.Namespace):  # noqa: ANN201
+    switches = VARIANTS[variant]
+    raw = {
+        "data": {"patch_size": list(args.patch), "labeled_bs": args.labeled_bs, "num_classes": args.classes,
+                 "unlabeled_bs": args.unlabeled_bs if get_method(method).uses_unlabeled else 0},
+        "model": {"filters": args.filters},
+        "method": {"name": method},
+        "train": {"device": args.device, "iterations": 10**6, "progress": False, **switches,
+                  "compile": switches["compile"] and not args.no_compile},
+        "run": {"tensorboard": False},
+    }
+    return build_experiment(raw)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_steps(method: str, variant: str, data: DataBundle, args: argparse.Namespace) -> dict:
+    exp = experiment(method, variant, args)
+    seed_everything(0)
+    device = torch.device(args.device)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(exp, build_method(exp), data, Path(tmp), device)
+        if variant == "lineage":
+            d = exp.data
+            trainer.batcher = LineageBatcher(data.labeled, data.unlabeled if d.unlabeled_bs else None,
+                                             d.labeled_bs, d.unlabeled_bs, d.patch_size, workers=args.workers)
+        trainer.method.train()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        for _ in range(args.warmup):
+            trainer.train_step()
+        sync(device)
+        times = []
+        for _ in range(args.steps):
+            t0 = time.perf_counter()
+            trainer.train_step()
+            sync(device)
+            times.append(time.perf_counter() - t0)
+    q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+    return {"method": method, "variant": variant, "ms": 1000 * statistics.median(times),
+            "p25": 1000 * q[0], "p75": 1000 * q[2], "peak_gib": peak, "steps": args.steps}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--methods", default=",".join(available_methods()))
+    p.add_argument("--variants", default="plain")
+    p.add_argument("--patch", type=int, nargs=3, default=[112, 112, 80])
+    p.add_argument("--volume", type=int, nargs=3, default=[176, 144, 88])
+    p.add_argument("--labeled-bs", type=int, default=2)
+    p.add_argument("--unlabeled-bs", type=int, default=2)
+    p.add_argument("--classes", type=int, default=2)
+    p.add_argument("--filters", type=int, default=16)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--json", type=Path)
+    args = p.parse_args()
+    torch.backends.cudnn.benchmark = True
+    data = phantoms(args)
+    rows = []
+    for method in args.methods.split(","):
+        for variant in args.variants.split(","):
+            row = time_steps(method, variant, data, args)
+            rows.append(row)
+            print(f"{method:14s} {variant:8s} {row['ms']:9.1f} ms/step  (IQR {row['p25']:.1f}-{row['p75']:.1f}, "
+                  f"peak {row['peak_gib']:.2f} GiB)", flush=True)
+    print(f"\n| method | variant | ms/step (median) | IQR | peak GiB |\n|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['method']} | {r['variant']} | {r['ms']:.1f} | {r['p25']:.1f}-{r['p75']:.1f} | {r['peak_gib']:.2f} |")
+    if args.json:
+        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

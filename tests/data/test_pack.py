@@ -1,0 +1,67 @@
+"""Lossless LA packing: round trip, chunk limits, corruption and non-8-bit images are refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from vasseg.data.la import TRAIN_DIR, read_h5_case
+from vasseg.data.pack import main, pack_la, unpack_la
+from vasseg.data.volumes import DataError
+
+
+def _write_la(root: Path, n: int, levels: int = 200, seed: int = 0) -> list[str]:
+    rng = np.random.default_rng(seed)
+    ids = [f"CASE{i:02d}" for i in range(n)]
+    for case_id in ids:
+        raw = rng.integers(0, levels, size=(20, 18, 12)).astype(np.float64)
+        image = ((raw - raw.mean()) / raw.std()).astype(np.float32)  # z-scored 8-bit, like LA
+        label = (rng.random((20, 18, 12)) > 0.8).astype(np.uint8)
+        (root / TRAIN_DIR / case_id).mkdir(parents=True)
+        with h5py.File(root / TRAIN_DIR / case_id / "mri_norm2.h5", "w") as h:
+            h["image"], h["label"] = image, label
+    (root / "train.list").write_text("\n".join(ids) + "\n")
+    (root / "test.list").write_text("MISSING01\n")
+    return ids
+
+
+def test_round_trip_is_bit_exact_across_several_chunks(tmp_path: Path) -> None:
+    ids = _write_la(tmp_path / "la", 5)
+    chunks = pack_la(tmp_path / "la", tmp_path / "packed", chunk_mib=0.01)
+    assert len(chunks) >= 3 and all(c.stat().st_size <= 0.01 * 2**20 + 4096 for c in chunks)
+    done = unpack_la(tmp_path / "packed", tmp_path / "out")
+    assert sorted(done) == ids
+    for case_id in ids:
+        a = read_h5_case(tmp_path / "la" / TRAIN_DIR / case_id / "mri_norm2.h5")
+        b = read_h5_case(tmp_path / "out" / TRAIN_DIR / case_id / "mri_norm2.h5")
+        assert a[0].dtype == b[0].dtype == np.float32
+        assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    assert (tmp_path / "out" / "test.list").read_text() == "MISSING01\n"
+
+
+def test_partial_unpack_uses_the_chunks_present(tmp_path: Path) -> None:
+    _write_la(tmp_path / "la", 4)
+    chunks = pack_la(tmp_path / "la", tmp_path / "packed", chunk_mib=0.01)
+    chunks[-1].unlink()
+    assert 0 < len(unpack_la(tmp_path / "packed", tmp_path / "out")) < 4
+
+
+def test_more_than_256_intensities_are_refused(tmp_path: Path) -> None:
+    _write_la(tmp_path / "la", 1, levels=4000)
+    with pytest.raises(DataError, match="distinct intensities"):
+        pack_la(tmp_path / "la", tmp_path / "packed")
+    assert not (tmp_path / "packed").exists()
+
+
+def test_corrupt_chunk_is_a_one_line_cli_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    _write_la(tmp_path / "la", 2)
+    (chunk,) = pack_la(tmp_path / "la", tmp_path / "packed")
+    chunk.write_bytes(chunk.read_bytes()[: len(chunk.read_bytes()) // 2])
+    capsys.readouterr()
+    assert main(["unpack", str(tmp_path / "packed"), str(tmp_path / "out")]) == 2
+    errors = [ln for ln in capsys.readouterr().err.splitlines() if "error" in ln.lower()]
+    assert len(errors) == 1 and "chunk_000.zip: unreadable chunk" in errors[0]
+    assert "Traceback" not in errors[0]
