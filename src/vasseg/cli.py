@@ -169,11 +169,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("vasseg: interrupted", file=sys.stderr)
         return 130
+    except _interrupted() as exc:  # SIGTERM/SIGINT during training: checkpoint saved
+        print(f"vasseg {args.command}: {_one_line(exc)}", file=sys.stderr)
+        return 130
     except user_errors() as exc:
         if args.debug:
             raise
         print(f"vasseg {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+
+
+def _interrupted() -> type[BaseException]:
+    from vasseg.engine.trainer import TrainingInterrupted
+
+    return TrainingInterrupted
 
 
 def _one_line(exc: BaseException) -> str:

@@ -93,6 +93,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     channels_last: str = "auto"  # auto (on for CUDA) | on | off
     compile: bool = False  # torch.compile the networks (GPU; first steps pay the compile time)
+    sync_bn: bool = False  # DDP only: BatchNorm statistics over the global batch (CUDA only)
     log_every: int = 10  # scalars are synchronised, checked and written every N steps
     val_every: int = 0  # validate on the validation split every N steps (0: never)
     ckpt_every: int = 500

@@ -79,10 +79,8 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
-def wrap(method: nn.Module, device: torch.device, sync_bn: bool) -> nn.Module:
-    """The DDP wrapper the engine calls for the main phase (``method`` is modified in place)."""
-    if sync_bn:
-        convert_sync_bn(method)
+def wrap(method: nn.Module, device: torch.device) -> nn.Module:
+    """The DDP wrapper the engine calls for the main phase."""
     ids = [device.index] if device.type == "cuda" else None
     # Some parameters legitimately get no gradient in a step (a class absent from a patch, a
     # head used only on some steps): let DDP find them rather than hang.
@@ -93,6 +91,20 @@ def convert_sync_bn(method: nn.Module) -> None:
     """Replace BatchNorm in every direct child network by SyncBatchNorm (weights are kept)."""
     for name, child in list(method.named_children()):
         setattr(method, name, nn.SyncBatchNorm.convert_sync_batchnorm(child))
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank when ``flag`` is true on at least one."""
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def mean_over_ranks(values: torch.Tensor) -> torch.Tensor:
+    """Mean of a tensor over all ranks (for logged scalars: the global-batch values)."""
+    values = values.clone()
+    dist.all_reduce(values)
+    return values / dist.get_world_size()
 
 
 def average_gradients(params: list[nn.Parameter]) -> None:

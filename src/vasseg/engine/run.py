@@ -30,6 +30,8 @@ from vasseg.engine.setup import (
     seed_everything,
     select_device,
 )
+from vasseg.engine import distributed
+from vasseg.engine.distributed import DistInfo
 from vasseg.engine.trainer import Trainer
 from vasseg.io import atomic_dir
 from vasseg.methods import get_method
@@ -70,10 +72,10 @@ def check_training_data(exp: Experiment, data: DataBundle) -> None:
 
 
 def start_trainer(exp: Experiment, data: DataBundle, run_dir: Path, device: torch.device,
-                  resume: bool) -> Trainer:
+                  resume: bool, info: DistInfo = DistInfo()) -> Trainer:
     """Seed, build the method and the trainer, restore the latest checkpoint when asked."""
     seed_everything(exp.train.seed, exp.train.deterministic)
-    trainer = Trainer(exp, build_method(exp), data, run_dir, device)
+    trainer = Trainer(exp, build_method(exp), data, run_dir, device, info.rank, info.world_size)
     if resume and trainer.resume():
         return trainer
     if resume:
@@ -83,32 +85,61 @@ def start_trainer(exp: Experiment, data: DataBundle, run_dir: Path, device: torc
 
 
 def train_experiment(exp: Experiment, resume: bool = False, evaluate_val: bool = True) -> Path:
-    """Train ``exp`` (resuming its latest checkpoint when asked); returns the run folder."""
+    """Train ``exp`` (resuming its latest checkpoint when asked); returns the run folder.
+
+    Under ``torchrun`` every process calls this; rank 0 alone writes the run folder.
+    """
     exp = absolute_out_dir(exp)
     method_cls = get_method(exp.method.name)
-    device = select_device(exp.train.device)
-    check_output_dir(Path(exp.run.out_dir))
-    data = build_data(exp, method_cls, progress=exp.train.progress)
-    check_training_data(exp, data)
-    fresh = not run_dir_for(exp).exists()
-    handler: logging.Handler | None = None
+    info, device = distributed.init_distributed(exp.train.device)
     try:
-        run_dir = prepare_run_dir(exp, data.split, resume)
-        handler = attach_file_log(run_dir)
-        trainer = start_trainer(exp, data, run_dir, device, resume)
-    except BaseException:
-        _detach(handler)
-        if fresh:  # failed before its first step: leave nothing half-made behind
-            shutil.rmtree(run_dir_for(exp), ignore_errors=True)
-        raise
-    try:
-        log.info("run folder: %s (device %s)", run_dir, device)
-        trainer.fit()
-        if evaluate_val and data.val is not None:
-            evaluate_val_split(exp, trainer, data, run_dir, device)
+        check_output_dir(Path(exp.run.out_dir))
+        data = build_data(exp, method_cls, progress=exp.train.progress and info.is_main)
+        check_training_data(exp, data)
+        run_dir = _open_run_dir(exp, data, resume, info)
+        handler = attach_file_log(run_dir) if info.is_main else None
+        try:
+            trainer = _start_or_clean(exp, data, run_dir, device, resume, info)
+            log.info("run folder: %s (device %s, rank %d of %d)", run_dir, device, info.rank, info.world_size)
+            trainer.fit()
+            if evaluate_val and data.val is not None and info.is_main:
+                evaluate_val_split(exp, trainer, data, run_dir, device)
+        finally:
+            _detach(handler)
     finally:
-        _detach(handler)
+        distributed.shutdown()
     return run_dir
+
+
+def _open_run_dir(exp: Experiment, data: DataBundle, resume: bool, info: DistInfo) -> Path:
+    """Rank 0 creates the run folder; the other ranks wait for it."""
+    run_dir = run_dir_for(exp)
+    if not resume and (run_dir / "checkpoints" / "latest").exists():
+        # Checked on every rank, so that no rank waits at the barrier for a rank 0 that failed.
+        raise ConfigError(f"{run_dir}: a run with this configuration already has checkpoints; "
+                          f"resume it with --resume or choose another run.name / run.out_dir")
+    if info.is_main:
+        fresh = not run_dir.exists()
+        try:
+            prepare_run_dir(exp, data.split, resume)
+        except BaseException:
+            if fresh:
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+    distributed.barrier()
+    return run_dir
+
+
+def _start_or_clean(exp: Experiment, data: DataBundle, run_dir: Path, device: torch.device,
+                    resume: bool, info: DistInfo) -> Trainer:
+    """Build the trainer; a run folder that never reached its first step is removed on failure."""
+    had_checkpoint = (run_dir / "checkpoints" / "latest").exists()
+    try:
+        return start_trainer(exp, data, run_dir, device, resume, info)
+    except BaseException:
+        if info.is_main and not had_checkpoint and not (run_dir / "scalars.jsonl").exists():
+            shutil.rmtree(run_dir, ignore_errors=True)  # failed before its first step
+        raise
 
 
 def evaluate_val_split(exp: Experiment, trainer: Trainer, data: DataBundle, run_dir: Path,

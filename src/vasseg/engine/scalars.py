@@ -12,7 +12,7 @@ import logging
 import math
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -61,11 +61,11 @@ class ScalarLog:
         clean = {k: v.detach() if isinstance(v, Tensor) else v for k, v in values.items()}
         self.pending.append((step, clean))
 
-    def flush(self, check: bool = True) -> list[dict[str, Any]]:
+    def flush(self, check: bool = True, reduce: Callable[[Tensor], Tensor] | None = None) -> list[dict[str, Any]]:
         """Move buffered scalars to the host, check them, write them; returns the rows."""
         if not self.pending:
             return []
-        rows = _to_host(self.pending)
+        rows = _to_host(self.pending, reduce)
         self.pending = []
         if check:
             _check_finite(rows)
@@ -107,7 +107,8 @@ def _before(line: str, step: int) -> bool:
     return row_step < step or (row_step == step and not training)
 
 
-def _to_host(pending: list[tuple[int, dict[str, Any]]]) -> list[dict[str, Any]]:
+def _to_host(pending: list[tuple[int, dict[str, Any]]],
+             reduce: Callable[[Tensor], Tensor] | None = None) -> list[dict[str, Any]]:
     """One device->host transfer per key for the whole buffer."""
     by_key: dict[str, list[int]] = defaultdict(list)
     tensors: dict[str, list[Tensor]] = defaultdict(list)
@@ -119,7 +120,10 @@ def _to_host(pending: list[tuple[int, dict[str, Any]]]) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = [{"step": step, **{k: v for k, v in values.items() if not isinstance(v, Tensor)}}
                                   for step, values in pending]
     for key, idx in by_key.items():
-        for i, value in zip(idx, torch.stack(tensors[key]).cpu().tolist()):
+        stacked = torch.stack(tensors[key])
+        if reduce is not None:  # e.g. the mean over DDP ranks
+            stacked = reduce(stacked)
+        for i, value in zip(idx, stacked.cpu().tolist()):
             rows[i][key] = value
     return rows
 

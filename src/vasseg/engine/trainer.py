@@ -8,6 +8,8 @@ non-finite guard, periodic validation, and atomic checkpoints with exact resume.
 from __future__ import annotations
 
 import contextlib
+import signal
+import threading
 import logging
 import math
 import time
@@ -20,6 +22,7 @@ from tqdm import tqdm
 
 from vasseg.config import Experiment, to_dict
 from vasseg.data.batcher import Batch, TwoStreamBatcher
+from vasseg.engine import distributed
 from vasseg.engine.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -40,6 +43,10 @@ class TrainingStopped(RuntimeError):
     """Training cannot go on (non-finite values); the message says where and what to resume."""
 
 
+class TrainingInterrupted(TrainingStopped):
+    """SIGTERM/SIGINT: a checkpoint of the current step was saved; ``--resume`` continues."""
+
+
 class Trainer:
     """Trains ``method`` on ``data`` for ``exp.train.iterations`` steps, in ``run_dir``."""
 
@@ -55,9 +62,15 @@ class Trainer:
         self.amp_dtype = autocast_dtype(exp, device)
         self.channels_last = use_channels_last(exp, device)
         self._place_method()
-        self.model: nn.Module = self.method  # replaced by a DDP wrapper when distributed
+        if world_size > 1 and exp.train.sync_bn:
+            if device.type != "cuda":
+                raise ValueError("train.sync_bn: SyncBatchNorm needs CUDA devices (PyTorch has no CPU version)")
+            distributed.convert_sync_bn(self.method)
         self.main_params = self.method.main_parameters()
         self.optimizers = self._build_optimizers()
+        # The main phase runs through DDP when distributed (it averages the main gradients).
+        self.model: nn.Module = distributed.wrap(self.method, device) if world_size > 1 else self.method
+        self._stop_signal: int | None = None
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
         self.batcher = self._build_batcher()
         self.scalars = ScalarLog(run_dir, exp.run.tensorboard, enabled=self.is_main)
@@ -151,7 +164,8 @@ class Trainer:
             batch = batch.to_memory_format(torch.channels_last_3d)
         return batch
 
-    def _optimize(self, key: str, loss: torch.Tensor, params: list[nn.Parameter]) -> torch.Tensor | None:
+    def _optimize(self, key: str, loss: torch.Tensor, params: list[nn.Parameter],
+                  allreduce: bool = False) -> torch.Tensor | None:
         """Backward, (unscale,) clip, step; returns the gradient norm before clipping.
 
         Under fp16 loss scaling an infinite norm is the scaler's normal overflow signal (it skips
@@ -160,6 +174,8 @@ class Trainer:
         opt = self.optimizers[key]
         opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        if allreduce:  # parameters outside DDP (the discriminator): average across ranks here
+            distributed.average_gradients(params)
         self.scaler.unscale_(opt)
         max_norm = self.exp.train.grad_clip if (key == "main" and self.exp.train.grad_clip > 0) else math.inf
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
@@ -217,8 +233,9 @@ class Trainer:
             p.requires_grad_(True)
         try:
             with self._autocast():
-                out = dict(self.model(batch, step, "disc"))
-            norm = self._optimize("disc", out["loss_d"], params)
+                # Not through DDP: its forward would expect the main parameters' gradients.
+                out = dict(self.method(batch, step, "disc"))
+            norm = self._optimize("disc", out["loss_d"], params, allreduce=self.world_size > 1)
             if norm is not None:
                 out["grad_norm_d"] = norm
         finally:
@@ -236,6 +253,7 @@ class Trainer:
                    desc=self.method.name, dynamic_ncols=True)
         last: Path | None = None
         started = time.perf_counter()
+        restore = self._install_stop_handlers()
         try:
             while self.step < t.iterations:
                 out = self.train_step()
@@ -253,16 +271,51 @@ class Trainer:
                     self._feature_snapshot()
                 if at_ckpt:
                     last = self.save() or last
+                if self._stop_requested(at_flush=self.step % t.log_every == 0 or at_ckpt or at_val):
+                    self._stop_now(bar, at_ckpt)
         finally:
+            restore()
             bar.close()
             self.scalars.close()
         log.info("trained %d steps in %.1f s", t.iterations, time.perf_counter() - started)
         return last
 
+    def _install_stop_handlers(self) -> Any:
+        """First SIGTERM/SIGINT: finish the step, save a checkpoint, stop. Returns an undo."""
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+        def handler(signum: int, _frame: Any) -> None:
+            self._stop_signal = signum
+            for sig, old in previous.items():  # a second signal acts as usual
+                signal.signal(sig, old)
+
+        for sig in previous:
+            signal.signal(sig, handler)
+        return lambda: [signal.signal(sig, old) for sig, old in previous.items()]
+
+    def _stop_requested(self, at_flush: bool) -> bool:
+        if self.world_size == 1:
+            return self._stop_signal is not None
+        if not at_flush:  # ranks agree only at flush points, where they synchronise anyway
+            return False
+        return distributed.any_rank(self._stop_signal is not None, self.device)
+
+    def _stop_now(self, bar: tqdm, saved: bool) -> None:
+        self._flush(bar)
+        path = latest_checkpoint(self.ckpt_dir) if saved else self.save()
+        name = signal.Signals(self._stop_signal).name if self._stop_signal else "a signal on another rank"
+        raise TrainingInterrupted(
+            f"stopped by {name} at step {self.step}; checkpoint saved ({path}); "
+            f"continue with the same command and --resume"
+        )
+
     def _flush(self, bar: tqdm) -> None:
         try:
             # In skip mode every step was already checked (and skipped ones are logged as such).
-            rows = self.scalars.flush(check=self.exp.train.nonfinite == "stop")
+            rows = self.scalars.flush(check=self.exp.train.nonfinite == "stop",
+                                      reduce=distributed.mean_over_ranks if self.world_size > 1 else None)
         except NonFiniteError as exc:
             raise TrainingStopped(
                 f"non-finite value at {exc}; stopped at step {self.step}. {self._last_good()}"

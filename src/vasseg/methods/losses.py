@@ -36,15 +36,18 @@ def multiclass_dice_loss(probs: Tensor, labels: Tensor, smooth: float = 1e-5) ->
 def supervised_loss(logits: Tensor, labels: Tensor, kind: str = "dice") -> Tensor:
     """Supervised segmentation loss on labeled patches.
 
-    ``kind="dice"`` is the VAS paper's Eq. 4; ``"ce_dice"`` is the lineage's 0.5 (CE + Dice).
+    ``kind="dice"`` is the VAS paper's Eq. 4; ``"ce_dice"`` is the lineage's 0.5 (CE + Dice);
+    ``"ce"`` is cross-entropy alone (a mean over voxels, so it splits exactly across DDP ranks).
     ``logits``: ``(B, K, X, Y, Z)``; ``labels``: ``(B, X, Y, Z)`` int64.
     """
+    if kind == "ce":
+        return F.cross_entropy(logits, labels)
     dice = multiclass_dice_loss(torch.softmax(logits, dim=1), labels)
     if kind == "dice":
         return dice
     if kind == "ce_dice":
         return 0.5 * (F.cross_entropy(logits, labels) + dice)
-    raise ValueError(f"unknown supervised loss {kind!r}; choose dice or ce_dice")
+    raise ValueError(f"unknown supervised loss {kind!r}; choose dice, ce_dice or ce")
 
 
 def softmax_mse(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
