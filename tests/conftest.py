@@ -36,14 +36,14 @@ TINY: dict[str, Any] = {
 }
 
 
-def tiny_raw(root: Path, out: Path, method: str, **sections: Any) -> dict[str, Any]:
+def tiny_raw(root: Path, out: Path, method: str, /, **sections: Any) -> dict[str, Any]:
     """A nested config mapping for a tiny CPU experiment on ``root`` writing under ``out``."""
     raw = merge(TINY, {"data": {"root": str(root)}, "method": {"name": method},
                        "run": {"out_dir": str(out)}})
     return merge(raw, sections)
 
 
-def tiny_experiment(root: Path, out: Path, method: str, **sections: Any) -> Experiment:
+def tiny_experiment(root: Path, out: Path, method: str, /, **sections: Any) -> Experiment:
     return build_experiment(tiny_raw(root, out, method, **sections))
 
 
@@ -51,7 +51,7 @@ def tiny_experiment(root: Path, out: Path, method: str, **sections: Any) -> Expe
 def tiny(phantom_root: Path, tmp_path: Path):
     """``tiny(method, **sections) -> Experiment`` writing runs under this test's tmp_path."""
 
-    def make(method: str, **sections: Any) -> Experiment:
+    def make(method: str, /, **sections: Any) -> Experiment:
         return tiny_experiment(phantom_root, tmp_path / "runs", method, **sections)
 
     return make

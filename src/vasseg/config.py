@@ -324,6 +324,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
     base = data.pop("base", None)
+    data = resolve_data_root(data, path.parent)  # relative to the file that sets it
     if base is None:
         return data
     return merge(read_yaml((path.parent / str(base)).resolve()), data)
