@@ -1,7 +1,8 @@
 """``vasseg demo``: the whole pipeline on embedded synthetic phantoms, on the CPU, in minutes.
 
 Writes phantoms in the LA layout, trains ``supervised`` and ``mean_teacher`` briefly with a
-small VNet, evaluates both on the held-out phantoms and returns the combined table.
+small VNet, evaluates both on the held-out phantoms, writes a report (tables, figures, HTML) for
+the two runs and returns the combined table followed by the report's path.
 """
 
 from __future__ import annotations
@@ -40,38 +41,69 @@ DEMO_CONFIG: dict[str, Any] = {
     "eval": {"stride": [16, 16, 16], "batch_size": 4},
 }
 PHANTOMS = {"n_train": 16, "n_test": 6, "shape": (48, 48, 48), "seed": 0}
+REPORT_POINTS = 1000  # voxels per feature embedding: keeps the report's t-SNEs to seconds
+
+
+def snapshot_steps(iterations: int) -> list[int]:
+    """Feature snapshots a third of the way and at the end (the report shows the alignment)."""
+    return sorted({max(1, iterations // 3), iterations})
 
 
 def demo_experiment(out: Path, method: str, iterations: int | None, progress: bool) -> Any:
+    steps = snapshot_steps(iterations or DEMO_CONFIG["train"]["iterations"])
     raw = merge(DEMO_CONFIG, {
         "data": {"root": str(out / "data")},
         "method": {"name": method},
-        "run": {"out_dir": str(out / "runs"), "name": method, "tensorboard": True},
+        # No fixed run name: the folder name carries the config's hash, so a demo rerun with other
+        # settings trains new runs instead of resuming old ones under a different schedule.
+        "run": {"out_dir": str(out / "runs"), "tensorboard": True, "feature_snapshots": steps},
         "train": {"progress": progress, **({"iterations": iterations} if iterations else {})},
     })
     return build_experiment(raw)
 
 
 def run_demo(out_dir: str | Path = "vasseg-demo", iterations: int | None = None, progress: bool = True) -> str:
-    """Run the demo into ``out_dir``; returns the printed table (markdown)."""
+    """Run the demo into ``out_dir``; returns the printed table (markdown), ending with the report's path."""
     out = Path(out_dir).expanduser().resolve()
     data = out / "data"
     if not (data / "train.list").exists():
         log.info("writing phantoms to %s", data)
         write_phantom_la_layout(data, **PHANTOMS)
-    tables = []
+    tables, run_dirs = [], []
     for method in DEMO_METHODS:
         exp = demo_experiment(out, method, iterations, progress)
-        run_dir = train_experiment(exp, resume=True)
+        run_dir = train_experiment(exp, resume=True)  # a rerun with the same settings reuses it
         _, table = evaluate_run(run_dir, split="test", progress=progress)
         tables.append(table)
-    return combine_tables(tables) + f"\nruns and per-case results: {out / 'runs'}\n"
+        run_dirs.append(run_dir)
+    html = write_report(run_dirs, out / "report")
+    return combine_tables(tables) + f"\nruns and per-case results: {out / 'runs'}\nreport: {html}"
+
+
+def write_report(run_dirs: list[Path], out: Path) -> Path:
+    """The report of the demo's runs on the test phantoms (last checkpoint); returns report.html."""
+    from vasseg.report.build import ReportOptions, build_report
+
+    options = ReportOptions(eval_name="test_last", reference="supervised", feature_points=REPORT_POINTS,
+                            title="vasseg demo: supervised vs mean teacher on phantoms")
+    return build_report(run_dirs, out, options)
 
 
 def combine_tables(tables: list[str]) -> str:
-    """One table: the header once, one line per method, the notes once."""
-    lines = [ln for ln in tables[0].splitlines()[:2]]
-    for t in tables:
-        lines.append(t.splitlines()[2])
-    notes = tables[0].split("\n\n", 1)[1] if "\n\n" in tables[0] else ""
-    return "\n".join(lines) + "\n\n" + notes
+    """One table: the first table's preamble and header, every table's rows, the notes once."""
+    parts = [_table_parts(t) for t in tables]
+    before, header, _, after = parts[0]
+    rows = [row for _, _, table_rows, _ in parts for row in table_rows]
+    return "\n".join([*before, *header, *rows, *after]).rstrip() + "\n"
+
+
+def _table_parts(table: str) -> tuple[list[str], list[str], list[str], list[str]]:
+    """(lines before the table, header + separator, data rows, lines after) of a markdown summary."""
+    lines = table.splitlines()
+    start = next((i for i, ln in enumerate(lines) if ln.startswith("| method")), None)
+    if start is None:
+        return lines, [], [], []
+    end = start + 2
+    while end < len(lines) and lines[end].startswith("|"):
+        end += 1
+    return lines[:start], lines[start:start + 2], lines[start + 2:end], lines[end:]

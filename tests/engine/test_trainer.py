@@ -114,3 +114,12 @@ def test_sigkill_then_resume_reproduces_the_uninterrupted_losses(phantom_root: P
     expected, got = _losses(ref_dir), _losses(cut_dir)
     assert sorted(got) == list(range(24))
     assert got == expected, f"killed after ~{kill_at} steps: losses differ after resume"
+
+
+def test_resume_refuses_changed_settings_under_a_fixed_run_name(tiny) -> None:
+    exp = tiny("supervised", train={"iterations": 2}, run={"name": "fixed"})
+    train_experiment(exp)
+    longer = tiny("supervised", train={"iterations": 4}, run={"name": "fixed"})
+    with pytest.raises(Exception, match=r"cannot resume with changed settings \(train.iterations"):
+        train_experiment(longer, resume=True)
+    assert train_experiment(exp, resume=True).name == "fixed"  # same settings: fine

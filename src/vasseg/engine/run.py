@@ -79,7 +79,7 @@ def start_trainer(exp: Experiment, data: DataBundle, run_dir: Path, device: torc
     if resume and trainer.resume():
         return trainer
     if resume:
-        log.warning("no checkpoint to resume in %s: starting from step 0", run_dir)
+        log.info("no checkpoint to resume in %s: starting from step 0", run_dir)
     trainer.scalars.truncate_after(0)  # a fresh start: rows of an earlier failed attempt go
     return trainer
 

@@ -140,6 +140,8 @@ def prepare_run_dir(exp: Experiment, split: Split, resume: bool) -> Path:
             f"{run_dir}: a run with this configuration already has checkpoints; "
             f"resume it with --resume or choose another run.name / run.out_dir"
         )
+    if resume and (run_dir / "config.yaml").is_file():
+        check_same_config(run_dir / "config.yaml", exp)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".write_test"
@@ -153,6 +155,19 @@ def prepare_run_dir(exp: Experiment, split: Split, resume: bool) -> Path:
     if exp.data.dataset == "prepared":  # predict needs the preprocessing record even if the data moves
         shutil.copy2(data_root(exp) / "prepared.json", run_dir / "prepared.json")
     return run_dir
+
+
+def check_same_config(saved: Path, exp: Experiment) -> None:
+    """A resumed run must keep the settings it was started with (schedules depend on them)."""
+    from vasseg.config import load_config, to_dict
+
+    ignored = {("train", "progress"), ("train", "log_every"), ("train", "device")}
+    old, new = to_dict(load_config(saved)), to_dict(exp)
+    changed = [f"{sec}.{key}" for sec in old if sec != "run" and isinstance(old[sec], dict)
+               for key in old[sec] if (sec, key) not in ignored and old[sec].get(key) != new[sec].get(key)]
+    if changed:
+        raise ConfigError(f"{saved.parent}: cannot resume with changed settings ({', '.join(changed[:5])}); "
+                          f"use another run.name or run.out_dir")
 
 
 def environment() -> dict[str, str]:

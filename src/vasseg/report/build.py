@@ -1,0 +1,100 @@
+"""Build a report folder from run folders: ``report.md``, ``report.html``, ``figures/``, ``tables/``.
+
+    from vasseg.report.build import build_report, ReportOptions
+    html = build_report(["runs/"], "report", ReportOptions(eval_name="test_last", reference="supervised"))
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from vasseg.report.collect import Group, group_runs, load_records, with_results
+from vasseg.report.document import Block, Heading, Paragraph, render_markdown
+from vasseg.report.features import parse_layer
+from vasseg.report.html import render_html
+from vasseg.report.sections import SECTIONS, SKIPPABLE, Context, ReportOptions, runs_overview
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ReportOptions", "build_report"]
+
+
+def choose_reference(groups: list[Group], wanted: str | None) -> str:
+    """The reference method: as asked (it must exist), else ``supervised``, else the first one."""
+    methods = [g.method for g in groups]
+    if wanted:
+        if wanted not in methods:
+            raise ValueError(f"--reference {wanted!r}: no run of that method (have: {', '.join(sorted(set(methods)))})")
+        return wanted
+    return "supervised" if "supervised" in methods else methods[0]
+
+
+def check_options(options: ReportOptions) -> None:
+    """Refuse bad flags before any slow work."""
+    parse_layer(options.layer)
+    unknown = sorted(set(options.skip) - set(SKIPPABLE))
+    if unknown:
+        raise ValueError(f"--skip {','.join(unknown)}: choose from {', '.join(SKIPPABLE)}")
+    if options.slice_axis not in (0, 1, 2):
+        raise ValueError(f"--slice-axis {options.slice_axis}: choose 0, 1 or 2")
+
+
+def make_context(paths: list[str | Path], out_dir: Path, options: ReportOptions) -> Context:
+    from vasseg.engine.setup import select_device
+
+    records = load_records(paths, options.eval_name, options.grid)
+    groups = group_runs(records)
+    evaluated = with_results(groups)
+    reference = choose_reference(evaluated or groups, options.reference)
+    groups, evaluated = reference_first(groups, reference), reference_first(evaluated, reference)
+    return Context(options, out_dir, records, groups, evaluated, reference, select_device(options.device))
+
+
+def reference_first(groups: list[Group], reference: str) -> list[Group]:
+    """Table order: per dataset and labeled count, the reference (baseline) row first."""
+    return sorted(groups, key=lambda g: (g.dataset, g.labeled, g.method != reference, g.method, g.variant))
+
+
+def run_sections(ctx: Context) -> list[Block]:
+    """Every section not skipped; a section that cannot run (data or checkpoint gone) says why."""
+    from vasseg.config import ConfigError
+    from vasseg.data.volumes import DataError
+    from vasseg.engine.checkpoint import CheckpointError
+
+    blocks: list[Block] = []
+    for name, section in SECTIONS.items():
+        if name in ctx.options.skip:
+            continue
+        started = time.perf_counter()
+        try:
+            blocks += section(ctx)
+        except (ConfigError, DataError, CheckpointError, FileNotFoundError) as exc:
+            log.warning("report section %s skipped: %s", name, exc)
+            blocks += [Heading(name.capitalize()), Paragraph(f"Section skipped: {exc}", note=True)]
+        log.info("report section %s: %.1f s", name, time.perf_counter() - started)
+    return blocks
+
+
+def clear_previous(out: Path) -> None:
+    """Remove the figures and tables an earlier report wrote here, so none is left stale."""
+    out.mkdir(parents=True, exist_ok=True)
+    for pattern in ("figures/*.png", "tables/*.csv", "tables/*/*.csv"):
+        for path in out.glob(pattern):
+            path.unlink()
+
+
+def build_report(paths: list[str | Path], out_dir: str | Path, options: ReportOptions | None = None) -> Path:
+    """Write the report for the runs under ``paths`` into ``out_dir``; returns ``report.html``."""
+    options = options or ReportOptions()
+    check_options(options)
+    out = Path(out_dir).expanduser().resolve()
+    ctx = make_context(paths, out, options)
+    clear_previous(out)
+    blocks: list[Block] = [Heading(options.title, 1), *runs_overview(ctx), *run_sections(ctx)]
+    (out / "report.md").write_text(render_markdown(blocks))
+    html = out / "report.html"
+    html.write_text(render_html(blocks, options.title))
+    log.info("report: %s", html)
+    return html

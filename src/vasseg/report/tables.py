@@ -1,0 +1,218 @@
+"""The paper's tables from per-case results: Table I (all metrics), Table II (Dice per class),
+the Wilcoxon table, and an overview of the runs read.
+
+Every number comes from the runs' ``cases.csv``: per seed, the mean over cases (per case, the
+mean over classes for the "average" columns); then mean ± sample std across seeds. A group with a
+single seed shows mean ± std over its cases instead, marked with † in the seeds column.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from vasseg.metrics import Summary, format_mean_std, summarize
+from vasseg.report.collect import Group, RunRecord, case_values, parse_eval_name
+from vasseg.report.document import Table, write_csv
+from vasseg.report.stats import MIN_PAIRS, TEST_METRICS, PairedTest, format_p
+
+PERCENT = ("dice", "jaccard")
+ONE_SEED_MARK = "†"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """A table value: mean ± std over ``over`` (seeds or cases), ``undefined`` NaN case values skipped."""
+
+    mean: float
+    std: float
+    n: int
+    undefined: int
+    over: str
+
+    def text(self) -> str:
+        """``mean ± std (k n/a)``; ``–`` for what one value (std) or none (mean) cannot define."""
+        if self.n == 0:
+            return f"– ({self.undefined} n/a)" if self.undefined else "n/a"
+        if self.n == 1:
+            return f"{self.mean:.2f} ± –" + (f" ({self.undefined} n/a)" if self.undefined else "")
+        return format_mean_std(Summary(self.mean, self.std, self.n, self.undefined))
+
+
+def group_cell(group: Group, metric: str, cls: int | None = None) -> Cell:
+    """Mean ± std of ``metric`` for a group (percent for Dice/Jaccard)."""
+    scale = 100.0 if metric in PERCENT else 1.0
+    per_run = [list(case_values(r, metric, cls).values()) for r in group.runs]
+    undefined = sum(sum(math.isnan(v) for v in vals) for vals in per_run)
+    if len(per_run) == 1:
+        s, over = summarize(per_run[0]), "cases"
+    else:
+        s, over = summarize([summarize(vals).mean for vals in per_run]), "seeds"
+    return Cell(s.mean * scale, s.std * scale, s.n, undefined, over)
+
+
+def _seeds_text(group: Group) -> str:
+    return f"{len(group.runs)}{ONE_SEED_MARK if len(group.runs) == 1 else ''}"
+
+
+# --------------------------------------------------------------------------- notes
+
+
+@dataclass(frozen=True)
+class EvalContext:
+    """What the tables were computed from, for the notes under them."""
+
+    eval_name: str
+    reference: str
+    grids: tuple[str, ...] = ()
+
+    def split_text(self) -> str:
+        split, ckpt = parse_eval_name(self.eval_name)
+        where = {"val": "the validation split (cases held out from train.list, never trained on)",
+                 "test": "the test split (test.list)", "labeled": "the labeled training cases",
+                 "unlabeled": "the unlabeled training cases"}.get(split, f"the id list '{split}'")
+        policy = {"last": "the last training iteration (no checkpoint selection; the lineage's policy)",
+                  "best": "the best validation-Dice checkpoint (selected on the validation split only)"}
+        chosen = policy.get(ckpt, f"the fixed checkpoint {ckpt}")
+        grid = {"native": " Scored on the native grid (the original scan's voxels and mm).",
+                "model": " Scored on the model's grid (the volume the network ran on)."}
+        grids = "".join(grid.get(g, f" Scored on the {g} grid.") for g in self.grids)
+        return (f"Split and checkpoint: {where}; checkpoint: {chosen}; read from "
+                f"eval/{self.eval_name} of every run.{grids}")
+
+
+def statistic_note(groups: list[Group]) -> str:
+    text = ("Mean ± sample std over seeds: per seed the mean over cases, then mean ± std of the seed "
+            "means.")
+    if any(len(g.runs) == 1 for g in groups):
+        text += f" {ONE_SEED_MARK} one seed: mean ± std over cases instead."
+    return text + " '–': undefined (no value, or a single one for the std)."
+
+
+def empty_rule_note(runs: list[RunRecord]) -> str:
+    """The empty-prediction rule the runs were scored with, and how often it applied."""
+    rules = sorted({r.exp.eval.empty_distance for r in runs})
+    counts: dict[str, int] = {}
+    for r in runs:
+        for row in r.rows:
+            counts[row.status] = counts.get(row.status, 0) + 1
+    outcome = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
+    rule = ("distances undefined (NaN), left out of the distance means and counted as '(k n/a)'"
+            if rules == ["nan"] else
+            "distances set to the image diagonal (the worst possible value)" if rules == ["diagonal"] else
+            f"runs disagree on the distance rule ({', '.join(rules)}); compare with care")
+    return (f"Empty prediction: Dice = Jaccard = 0 and {rule}; not the lineage's 0 for every metric. "
+            f"Case/class outcomes (all seeds): {outcome}.")
+
+
+UNITS_NOTE = ("Units: Dice and Jaccard in %; 95HD and ASSD* in voxels (vox) and, where the spacing "
+              "is known, in mm. 95HD: 95th percentile of both directed surface-distance sets pooled "
+              "(medpy binary.hd95). ASSD*: the lineage's 'ASSD' column, medpy binary.asd(pred, ref) "
+              "(mean distance from the predicted to the reference surface); the symmetric ASSD is the "
+              "assd column of cases.csv.")
+
+
+# --------------------------------------------------------------------------- Table I
+
+
+def table_one_columns(with_mm: bool = True) -> list[tuple[str, str]]:
+    cols = [("dice", "Dice (%)"), ("jaccard", "Jaccard (%)"), ("hd95", "95HD (vox)"), ("asd", "ASSD* (vox)")]
+    return cols + ([("hd95_mm", "95HD (mm)"), ("asd_mm", "ASSD* (mm)")] if with_mm else [])
+
+
+def table_one(groups: list[Group], tests: list[PairedTest], ctx: EvalContext, out: Path) -> Table:
+    """Table I: overall metrics per group (per case the mean over foreground classes)."""
+    cols = table_one_columns(True)
+    header = ["Method", "Labeled", "Unlabeled", "Seeds", *(c[1] for c in cols), f"p Dice vs {ctx.reference}"]
+    rows, raw = [], []
+    for g in groups:
+        cells = [group_cell(g, m) for m, _ in cols]
+        rows.append([g.label, str(g.labeled), str(g.unlabeled), _seeds_text(g), *(c.text() for c in cells),
+                     _p_for(g, tests, ctx.reference, "dice", None)])
+        raw += [[g.dataset, g.label, g.labeled, g.unlabeled, len(g.runs), m, "mean", c.mean, c.std, c.n,
+                 c.undefined, c.over] for (m, _), c in zip(cols, cells)]
+    write_csv(out / "table1.csv", RAW_HEADER, raw)
+    notes = [statistic_note(groups), ctx.split_text(), empty_rule_note([r for g in groups for r in g.runs]),
+             UNITS_NOTE, "p: paired Wilcoxon signed-rank test per case (see the Wilcoxon table)."]
+    if len({g.dataset for g in groups}) == 1 and len(groups[0].classes) > 1:
+        notes.insert(0, "Several classes: every value is per case the mean over the foreground classes.")
+    return Table(f"Table I. Segmentation results ({groups[0].dataset})", header, rows, notes)
+
+
+RAW_HEADER = ["dataset", "group", "labeled", "unlabeled", "seeds", "metric", "cls", "mean", "std", "n",
+              "undefined", "over"]
+
+
+def _p_for(group: Group, tests: list[PairedTest], reference: str, metric: str, cls: int | None) -> str:
+    if group.method == reference:
+        return "reference"
+    found = [t for t in tests if t.group == group.label and t.labeled == group.labeled
+             and t.metric == metric and t.cls == cls]
+    return format_p(found[0]) if found else "n/a (no reference run)"
+
+
+# --------------------------------------------------------------------------- Table II
+
+
+def table_two(groups: list[Group], ctx: EvalContext, out: Path) -> Table:
+    """Table II: average Dice and Dice of every class."""
+    classes = sorted({c for g in groups for c in g.classes})
+    names = [groups[0].class_name(c) for c in classes]
+    header = ["Method", "Labeled", "Seeds", "Average Dice (%)", *(f"{n} (%)" for n in names)]
+    rows, raw = [], []
+    for g in groups:
+        cells = [group_cell(g, "dice")] + [group_cell(g, "dice", c) for c in classes]
+        rows.append([g.label, str(g.labeled), _seeds_text(g), *(c.text() for c in cells)])
+        keys = ["mean", *(str(c) for c in classes)]
+        raw += [[g.dataset, g.label, g.labeled, g.unlabeled, len(g.runs), "dice", k, c.mean, c.std, c.n,
+                 c.undefined, c.over] for k, c in zip(keys, cells)]
+    write_csv(out / "table2.csv", RAW_HEADER, raw)
+    notes = [statistic_note(groups), ctx.split_text(), empty_rule_note([r for g in groups for r in g.runs]),
+             "Average: per case the mean Dice over the foreground classes."]
+    return Table(f"Table II. Dice per class ({groups[0].dataset})", header, rows, notes)
+
+
+# --------------------------------------------------------------------------- Wilcoxon and runs
+
+
+def wilcoxon_table(groups: list[Group], tests: list[PairedTest], ctx: EvalContext, out: Path,
+                   min_pairs: int = MIN_PAIRS) -> Table:
+    """p-values of every method against the reference, per metric (and per class for Dice)."""
+    classes = sorted({c for g in groups for c in g.classes})
+    multi = len(classes) > 1
+    header = ["Method", "Labeled", "Reference", "median ΔDice (pp)", *(f"p {n}" for _, n in TEST_METRICS)]
+    header += [f"p Dice {groups[0].class_name(c)}" for c in classes] if multi else []
+    rows = []
+    for g in groups:
+        if g.method == ctx.reference:
+            continue
+        mine = [t for t in tests if t.group == g.label and t.labeled == g.labeled]
+        dice = [t for t in mine if t.metric == "dice" and t.cls is None]
+        delta = f"{dice[0].median_diff * 100:+.2f}" if dice and not math.isnan(dice[0].median_diff) else "n/a"
+        ref = mine[0].reference if mine else "none"
+        cells = [_p_for(g, tests, ctx.reference, m, None) for m, _ in TEST_METRICS]
+        cells += [_p_for(g, tests, ctx.reference, "dice", c) for c in classes] if multi else []
+        rows.append([g.label, str(g.labeled), ref, delta, *cells])
+    write_csv(out / "wilcoxon.csv", ["group", "labeled", "reference", "metric", "cls", "n_pairs", "n_untied",
+                                     "median_diff", "p", "reason"],
+              [[t.group, t.labeled, t.reference, t.metric, "mean" if t.cls is None else t.cls, t.n_pairs,
+                t.n_untied, t.median_diff, t.p, t.reason] for t in tests])
+    notes = [f"Paired two-sided Wilcoxon signed-rank test (scipy.stats.wilcoxon, zero differences dropped) "
+             f"of each method against {ctx.reference} with the same labeled count, pairing cases by id; a "
+             f"case's value is its mean over the seeds of a group; pairs with an undefined value are "
+             f"dropped; n = pairs used. n/a when there are no pairs, all pairs are tied, or fewer untied "
+             f"pairs than the minimum, {min_pairs} ('k untied'; below 6 a two-sided p < 0.05 is unattainable). ΔDice: median per-case difference "
+             f"(method − reference) in percentage points.", ctx.split_text()]
+    return Table(f"Wilcoxon signed-rank tests against {ctx.reference}", header, rows, notes)
+
+
+def runs_table(records: list[RunRecord]) -> Table:
+    """Which run folders the report read, and what each contributed."""
+    rows = []
+    for r in records:
+        rows.append([r.run_dir.name, r.method, str(r.labeled), str(r.seed), str(r.exp.train.iterations),
+                     r.eval_dir.name if r.eval_dir else "missing",
+                     str(len({row.case for row in r.rows}))])
+    return Table("Runs read", ["Run folder", "Method", "Labeled", "Seed", "Iterations", "Evaluation", "Cases"],
+                 rows, ["Runs without the requested evaluation folder appear in the training curves only."])

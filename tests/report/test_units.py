@@ -1,0 +1,211 @@
+"""The report's pieces on hand-made inputs: statistics, grouping, feature sampling, rendering."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy import stats
+
+from vasseg.config import build_experiment
+from vasseg.data.splits import Split
+from vasseg.report.collect import (
+    CaseRow,
+    Group,
+    RunRecord,
+    group_runs,
+    parse_eval_name,
+    resolve_eval_dir,
+    seed_averaged,
+)
+from vasseg.report.document import Figure, Heading, Paragraph, Table, render_markdown
+from vasseg.report.embedding import feature_scores
+from vasseg.report.features import (
+    FeatureSample,
+    crop_around_foreground,
+    features_at,
+    parse_layer,
+    sample_positions,
+    subsample,
+)
+from vasseg.report.figures import panel_of, panel_order
+from vasseg.report.html import render_html
+from vasseg.report.stats import paired_test, wilcoxon_p
+from vasseg.report.tables import group_cell
+
+SPLIT = Split(labeled=["a"], unlabeled=["b"])
+
+
+def record(method: str, seed: int, dice: dict[str, float], **params: float) -> RunRecord:
+    exp = build_experiment({"method": {"name": method, **params}, "train": {"seed": seed}})
+    rows = [CaseRow(case, 1, {"dice": d, "jaccard": d, "hd95": math.nan if d == 0 else 1.0}, "ok")
+            for case, d in dice.items()]
+    return RunRecord(Path(f"/runs/{method}_{seed}"), exp, SPLIT, Path("/e/val_last"), rows)
+
+
+def group(*runs: RunRecord) -> Group:
+    return Group("la", runs[0].method, runs[0].labeled, "", list(runs))
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def test_wilcoxon_p_is_scipys_two_sided_test() -> None:
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(0.8, 0.05, 12), rng.normal(0.75, 0.05, 12)
+    p, reason = wilcoxon_p(a, b)
+    assert reason == "" and p == pytest.approx(stats.wilcoxon(a, b).pvalue)
+
+
+@pytest.mark.parametrize(("a", "b", "words"), [
+    ([], [], "no common cases"),
+    ([0.5, 0.6, 0.7], [0.5, 0.6, 0.7], "all pairs tied"),
+    ([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7], [0.2, 0.3, 0.4, 0.5, 0.5, 0.6, 0.7], "4 untied pairs < 6"),
+])
+def test_wilcoxon_p_is_na_with_a_reason(a: list[float], b: list[float], words: str) -> None:
+    p, reason = wilcoxon_p(np.array(a), np.array(b))
+    assert math.isnan(p) and reason == words
+
+
+def test_pairs_match_case_ids_average_seeds_and_drop_undefined() -> None:
+    ids = [f"c{i}" for i in range(8)]
+    ref = group(record("supervised", 1, {c: 0.5 for c in ids}))
+    # Two seeds, cases listed in another order, one extra case, one case undefined in both seeds.
+    s1 = {c: 0.6 + 0.01 * i for i, c in enumerate(reversed(ids))} | {"extra": 0.9, "c0": math.nan}
+    s2 = {c: 0.7 + 0.01 * i for i, c in enumerate(reversed(ids))} | {"c0": math.nan}
+    mine = group(record("mean_teacher", 1, s1), record("mean_teacher", 2, s2))
+    averaged = seed_averaged(mine, "dice", 1)
+    assert averaged["c7"] == pytest.approx(0.65) and averaged["extra"] == pytest.approx(0.9)
+    test = paired_test(mine, ref, "dice", 1)
+    assert test.n_pairs == 7  # c1..c7: "extra" has no partner, c0 is undefined
+    a = np.array([averaged[c] for c in sorted(ids[1:])])
+    assert test.p == pytest.approx(stats.wilcoxon(a, np.full(7, 0.5)).pvalue)
+    assert test.median_diff == pytest.approx(float(np.median(a - 0.5)))
+
+
+def test_cells_average_cases_per_seed_then_seeds() -> None:
+    one = group(record("supervised", 1, {"x": 0.5, "y": 0.7, "z": 0.0}))
+    cell = group_cell(one, "dice")
+    assert (cell.over, cell.n) == ("cases", 3)
+    assert cell.mean == pytest.approx(40.0) and cell.std == pytest.approx(100 * np.std([0.5, 0.7, 0.0], ddof=1))
+    hd = group_cell(one, "hd95")
+    assert (hd.n, hd.undefined, hd.text()) == (2, 1, "1.00 ± 0.00 (1 n/a)")
+    two = group(record("supervised", 1, {"x": 0.5, "y": 0.7}), record("supervised", 2, {"x": 0.9, "y": 0.9}))
+    cell = group_cell(two, "dice")
+    assert (cell.over, cell.n) == ("seeds", 2)
+    assert cell.mean == pytest.approx(75.0) and cell.std == pytest.approx(100 * np.std([0.6, 0.9], ddof=1))
+
+
+# --------------------------------------------------------------------------- runs and groups
+
+
+def test_groups_are_seeds_and_ablations_are_separate_groups() -> None:
+    runs = [record("mean_teacher", 1, {}), record("mean_teacher", 2, {}),
+            record("mean_teacher", 1, {}, consistency=1.0), record("supervised", 1, {})]
+    groups = group_runs(runs)
+    labels = sorted((g.label, len(g.runs)) for g in groups)
+    assert labels == [("mean_teacher (consistency=0.1)", 2), ("mean_teacher (consistency=1.0)", 1),
+                      ("supervised", 1)]
+
+
+def test_eval_names_and_the_last_alias(tmp_path: Path) -> None:
+    assert parse_eval_name("val_last") == ("val", "last")
+    assert parse_eval_name("test_step_006000") == ("test", "step_006000")
+    assert parse_eval_name("my_ids_best") == ("my_ids", "best")
+    for name in ("test_step_000002", "test_step_000010", "val_step_000020"):
+        (tmp_path / "eval" / name).mkdir(parents=True)
+        (tmp_path / "eval" / name / "cases.csv").write_text("case\n")
+    assert resolve_eval_dir(tmp_path, "test_last").name == "test_step_000010"
+    assert resolve_eval_dir(tmp_path, "test_step_000002").name == "test_step_000002"
+    assert resolve_eval_dir(tmp_path, "test_best") is None
+
+
+# --------------------------------------------------------------------------- features
+
+
+def test_features_at_reads_the_upsampled_map() -> None:
+    fmap = torch.randn(1, 3, 4, 5, 6)
+    grid = (16, 20, 12)
+    full = F.interpolate(fmap, size=grid, mode="trilinear", align_corners=False)[0]
+    positions = np.array([[0, 0, 0], [15, 19, 11], [7, 3, 5], [1, 18, 0]])
+    got = features_at(fmap, positions, grid)
+    want = torch.stack([full[:, x, y, z] for x, y, z in positions])
+    assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_sampling_is_balanced_and_bounded() -> None:
+    label = np.zeros((8, 8, 8), np.uint8)
+    label[:2, :2, :2] = 1  # 8 voxels of class 1
+    rows = sample_positions(label, 20, np.random.default_rng(0))
+    counts = np.bincount(rows[:, 3])
+    assert list(counts) == [20, 8]
+    assert (label[rows[:, 0], rows[:, 1], rows[:, 2]] == rows[:, 3]).all()
+    assert len({tuple(r) for r in rows}) == len(rows)  # without replacement
+
+
+def test_crop_pads_small_volumes_and_centres_the_structure() -> None:
+    image = torch.randn(1, 10, 40, 40)
+    label = torch.zeros(10, 40, 40, dtype=torch.uint8)
+    label[3:6, 30:36, 30:36] = 1
+    crop, lab = crop_around_foreground(image, label, (16, 16, 16))
+    assert crop.shape == (1, 16, 16, 16) and lab.shape == (16, 16, 16)
+    assert int(lab.sum()) == int(label.sum())
+
+
+def test_subsample_keeps_every_stratum_and_the_bound() -> None:
+    n = 1000
+    cls = np.repeat([0, 1], n // 2)
+    labeled = np.tile([True, False], n // 2)
+    sample = FeatureSample(np.random.rand(n, 3).astype(np.float32), cls, labeled, np.array(["c"] * n),
+                           np.zeros(n, bool))
+    small = subsample(sample, 100)
+    assert len(small.cls) == 100
+    assert {(c, l) for c, l in zip(small.cls, small.labeled)} == {(0, True), (0, False), (1, True), (1, False)}
+
+
+def test_snapshot_round_trip_and_layer_names(tmp_path: Path) -> None:
+    sample = FeatureSample(np.ones((2, 3), np.float32), np.array([0, 1]), np.array([True, False]),
+                           np.array(["a", "b"]), np.array([False, True]), "encoder:1")
+    back = FeatureSample.load(sample.save(tmp_path / "step_000005.npz", step=5))
+    assert back.layer == "encoder:1" and back.case.tolist() == ["a", "b"] and back.from_prediction[1]
+    assert parse_layer("encoder:4") == ("encoder", 4) and parse_layer("decoder:0") == ("decoder", 0)
+    for bad in ("decoder:4", "encoder:5", "middle:1", "decoder"):
+        with pytest.raises(ValueError, match="encoder:0..4"):
+            parse_layer(bad)
+
+
+def test_feature_scores_see_separation_and_alignment() -> None:
+    rng = np.random.default_rng(0)
+    cls = np.repeat([0, 1], 200)
+    labeled = np.tile([True, False], 200)
+    feats = rng.normal(size=(400, 8)) + cls[:, None] * 10.0
+    aligned = feature_scores(FeatureSample(feats, cls, labeled, np.array(["c"] * 400), np.zeros(400, bool)))
+    assert aligned.silhouette > 0.8 and aligned.centroid_gap < 0.2
+    shifted = feats + (~labeled)[:, None] * 3.0
+    apart = feature_scores(FeatureSample(shifted, cls, labeled, np.array(["c"] * 400), np.zeros(400, bool)))
+    assert apart.centroid_gap > 1.0
+
+
+# --------------------------------------------------------------------------- curves and rendering
+
+
+def test_curve_panels_group_related_terms() -> None:
+    assert panel_of("d_acc_real") == panel_of("d_acc_fake") == "discriminator accuracy"
+    assert panel_of("w_cons") == "loss weights" and panel_of("grad_norm_d") == "gradient norm"
+    assert panel_of("step") is None
+    order = panel_order(["val_dice", "learning rate", "loss_sup", "loss weights", "loss",
+                         "discriminator accuracy"])
+    assert order == ["loss", "loss_sup", "loss weights", "learning rate", "discriminator accuracy", "val_dice"]
+
+
+def test_markdown_and_html_render_the_same_blocks_escaped() -> None:
+    blocks = [Heading("A <b>", 1), Paragraph("x | y"), Table("T", ["m", "v"], [["a|b", "1 ± 2"]], ["note & more"]),
+              Figure("figures/f.png", "cap")]
+    md = render_markdown(blocks)
+    assert "| a\\|b | 1 ± 2 |" in md and "![cap](figures/f.png)" in md
+    html = render_html(blocks, "t")
+    assert "<h1>A &lt;b&gt;</h1>" in html and "note &amp; more" in html and 'src="figures/f.png"' in html
