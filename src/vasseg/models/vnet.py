@@ -68,7 +68,8 @@ class UpBlock(nn.Sequential):
         if mode == "deconv":
             ops: list[nn.Module] = [nn.ConvTranspose3d(c_in, c_out, kernel_size=2, stride=2)]
         elif mode in ("trilinear", "nearest"):
-            up = nn.Upsample(scale_factor=2, mode=mode, align_corners=False if mode == "trilinear" else None)
+            # MC-Net's Upsampling_function (networks/VNet.py) interpolates with align_corners=True.
+            up = nn.Upsample(scale_factor=2, mode=mode, align_corners=True if mode == "trilinear" else None)
             ops = [up, nn.Conv3d(c_in, c_out, kernel_size=3, padding=1)]
         else:
             raise ValueError(f"unknown up-sampling mode {mode!r}; choose deconv, trilinear or nearest")
