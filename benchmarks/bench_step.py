@@ -5,7 +5,8 @@
 
 Variants (each a set of engine switches; the method code is identical):
   plain    fp32, contiguous memory, vasseg's batched on-device augmentation
-  fast     plain + bf16 autocast (CUDA) + channels-last 3-D + torch.compile of the networks
+  amp      plain + bf16 autocast (CUDA) + channels-last 3-D
+  fast     amp + torch.compile of the networks
   lineage  fp32, per-sample NumPy augmentation in a 4-worker DataLoader (the lineage's way)
 The volumes are synthetic phantoms of LA size (the timing does not depend on the content).
 Prints a markdown table; ``--json`` also writes the numbers.
@@ -36,6 +37,7 @@ from vasseg.methods import available_methods, get_method  # noqa: E402
 
 VARIANTS = {
     "plain": {"amp": "none", "channels_last": "off", "compile": False},
+    "amp": {"amp": "auto", "channels_last": "on", "compile": False},
     "fast": {"amp": "auto", "channels_last": "on", "compile": True},
     "lineage": {"amp": "none", "channels_last": "off", "compile": False},
 }
@@ -49,13 +51,24 @@ def phantoms(args: argparse.Namespace) -> DataBundle:
     return DataBundle(split=split, labeled=labeled, unlabeled=unlabeled, val=None)
 
 
+def method_section(method: str) -> tuple[dict, bool]:
+    """(method section, draws unlabeled patches) of a method name or a YAML config (an ablation row)."""
+    if method.endswith(".yaml"):
+        from vasseg.config import load_config, to_dict
+
+        exp = load_config(method)
+        return to_dict(exp)["method"], exp.data.unlabeled_bs > 0
+    return {"name": method}, get_method(method).uses_unlabeled
+
+
 def experiment(method: str, variant: str, args: argparse.Namespace):  # noqa: ANN201
     switches = VARIANTS[variant]
+    section, uses_unlabeled = method_section(method)
     raw = {
         "data": {"patch_size": list(args.patch), "labeled_bs": args.labeled_bs, "num_classes": args.classes,
-                 "unlabeled_bs": args.unlabeled_bs if get_method(method).uses_unlabeled else 0},
+                 "unlabeled_bs": args.unlabeled_bs if uses_unlabeled else 0},
         "model": {"filters": args.filters},
-        "method": {"name": method},
+        "method": section,
         "train": {"device": args.device, "iterations": 10**6, "progress": False, **switches,
                   "compile": switches["compile"] and not args.no_compile},
         "run": {"tensorboard": False},
@@ -99,7 +112,8 @@ def time_steps(method: str, variant: str, data: DataBundle, args: argparse.Names
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--methods", default=",".join(available_methods()))
+    p.add_argument("--methods", default=",".join(available_methods()),
+                   help="registered method names and/or config files whose method section to time")
     p.add_argument("--variants", default="plain")
     p.add_argument("--patch", type=int, nargs=3, default=[112, 112, 80])
     p.add_argument("--volume", type=int, nargs=3, default=[176, 144, 88])
@@ -118,13 +132,17 @@ def main() -> None:
     rows = []
     for method in args.methods.split(","):
         for variant in args.variants.split(","):
-            row = time_steps(method, variant, data, args)
+            try:
+                row = time_steps(method, variant, data, args)
+            except Exception as exc:  # noqa: BLE001 - report the failure, time the rest
+                print(f"{method} {variant}: FAILED {type(exc).__name__}: {str(exc)[:300]}", flush=True)
+                continue
             rows.append(row)
-            print(f"{method:14s} {variant:8s} {row['ms']:9.1f} ms/step  (IQR {row['p25']:.1f}-{row['p75']:.1f}, "
+            print(f"{Path(method).stem:14s} {variant:8s} {row['ms']:9.1f} ms/step  (IQR {row['p25']:.1f}-{row['p75']:.1f}, "
                   f"peak {row['peak_gib']:.2f} GiB)", flush=True)
     print(f"\n| method | variant | ms/step (median) | IQR | peak GiB |\n|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['method']} | {r['variant']} | {r['ms']:.1f} | {r['p25']:.1f}-{r['p75']:.1f} | {r['peak_gib']:.2f} |")
+        print(f"| {Path(r['method']).stem} | {r['variant']} | {r['ms']:.1f} | {r['p25']:.1f}-{r['p75']:.1f} | {r['peak_gib']:.2f} |")
     if args.json:
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=1))
 

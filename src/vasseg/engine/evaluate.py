@@ -21,6 +21,7 @@ import csv
 import json
 import logging
 import math
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -156,15 +157,29 @@ def _row(case_id: str, cls: int, vox: CaseMetrics, mm: CaseMetrics, factor: floa
 def evaluate_cases(method: Method, cases: VolumeSet, exp: Experiment, device: torch.device,
                    progress: bool = True) -> list[Row]:
     """Predict and score every case on every grid of :func:`scoring_grids`; the method is left in
-    eval mode. Rows of the primary grid come first for each case."""
+    eval mode. Rows of the primary grid come first for each case.
+
+    Metrics of case i run on a worker thread while case i+1 is being predicted (the network
+    releases the GIL, so on a GPU the surface distances of one case hide behind the inference of
+    the next); the rows keep the order of the cases.
+    """
     method.eval()
-    rows: list[Row] = []
     grids = scoring_grids(exp)
-    for case in tqdm(list(cases), desc="evaluate", disable=not progress, dynamic_ncols=True):
-        probs = case_probs(method, case, exp, device)
-        for grid in grids:
-            pred, ref, spacing = on_grid(probs, case, exp, grid)
-            rows += score_case(case.id, pred, ref, spacing, exp.data.num_classes, exp.eval.empty_distance, grid)
+    pending: list[Future[list[Row]]] = []
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="metrics") as pool:
+        for case in tqdm(list(cases), desc="evaluate", disable=not progress, dynamic_ncols=True):
+            probs = case_probs(method, case, exp, device)
+            grid_maps = [on_grid(probs, case, exp, grid) for grid in grids]  # device -> host here
+            del probs
+            pending.append(pool.submit(_score_grids, case.id, grid_maps, grids, exp))
+        return [row for future in pending for row in future.result()]
+
+
+def _score_grids(case_id: str, grid_maps: list[tuple[np.ndarray, np.ndarray, tuple[float, ...]]],
+                 grids: tuple[str, ...], exp: Experiment) -> list[Row]:
+    rows: list[Row] = []
+    for (pred, ref, spacing), grid in zip(grid_maps, grids):
+        rows += score_case(case_id, pred, ref, spacing, exp.data.num_classes, exp.eval.empty_distance, grid)
     return rows
 
 

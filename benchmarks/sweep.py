@@ -1,0 +1,60 @@
+"""Train (and validate) many configs x seeds, several processes at a time, and record wall times.
+
+    python benchmarks/sweep.py --configs configs/la_cpu/*_8.yaml --seeds 1337 1338 --parallel 6 \\
+        --out runs/sweep -- data.root=/data/LA train.device=cuda
+
+Every run is ``vasseg train --config C train.seed=S run.out_dir=OUT <overrides>``; training ends
+with the validation-split evaluation (``eval/val_last``) when the config has a validation split.
+One JSON line per run goes to ``OUT/sweep.jsonl`` (config, seed, run folder, exit code, wall s),
+each run's stdout/stderr to ``OUT/logs/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+
+def run_one(config: str, seed: int, out: Path, overrides: list[str]) -> dict:
+    name = f"{Path(config).stem}_s{seed}"
+    log_path = out / "logs" / f"{name}.log"
+    cmd = [sys.executable, "-m", "vasseg", "train", "--quiet", "--config", config, f"train.seed={seed}",
+           f"run.out_dir={out}", *overrides]
+    t0 = time.perf_counter()
+    with log_path.open("w") as log:
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=log, text=True,
+                              env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    wall = time.perf_counter() - t0
+    run_dir = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
+    return {"config": config, "seed": seed, "run_dir": run_dir, "rc": proc.returncode, "wall_s": round(wall, 1),
+            "overrides": overrides}
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    overrides = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--configs", nargs="+", required=True)
+    p.add_argument("--seeds", nargs="+", type=int, default=[1337])
+    p.add_argument("--parallel", type=int, default=1)
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args(argv)
+    (args.out / "logs").mkdir(parents=True, exist_ok=True)
+    jobs = [(c, s) for s in args.seeds for c in args.configs]
+    with ThreadPoolExecutor(args.parallel) as pool, (args.out / "sweep.jsonl").open("a") as fh:
+        for result in pool.map(lambda job: run_one(job[0], job[1], args.out, overrides), jobs):
+            fh.write(json.dumps(result) + "\n")
+            fh.flush()
+            status = "ok" if result["rc"] == 0 else f"FAILED rc={result['rc']}"
+            print(f"{Path(result['config']).stem:24s} seed {result['seed']}: {status} {result['wall_s']:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
