@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 import torch
@@ -15,6 +16,27 @@ from vasseg.data.synthetic import write_phantom_la_layout
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@contextlib.contextmanager
+def single_thread() -> Iterator[None]:
+    """One torch/BLAS/OpenMP thread: on a busy two-core host two spinning threads run far slower."""
+    from threadpoolctl import threadpool_limits
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(1):  # scikit-learn (t-SNE) and NumPy's BLAS too
+            yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """:func:`single_thread` for one test (use with ``pytest.mark.usefixtures("one_thread")``)."""
+    with single_thread():
+        yield
 
 
 @pytest.fixture(scope="session")

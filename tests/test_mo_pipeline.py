@@ -36,13 +36,7 @@ TINY = ["model.filters=4", "data.patch_size=[16,16,16]", "eval.stride=[8,8,8]", 
         "train.channels_last=\"off\"", "run.tensorboard=false"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():  # noqa: ANN201 - a generator fixture
-    """One torch thread: on a shared 2-core machine, two threads spin-wait ~50x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -50,13 +50,7 @@ def prepared(source: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return prepare_dataset([source], out, PrepareOptions(shape=SMALL, test_fraction=0.4), progress=False)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():  # noqa: ANN201 - a generator fixture
-    """One torch thread: on a shared 2-core machine, two threads spin-wait far slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _experiment(root: Path):  # noqa: ANN202

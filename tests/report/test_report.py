@@ -3,24 +3,21 @@ against the per-case CSVs it came from, every figure is a valid PNG, the HTML li
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import math
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
-from threadpoolctl import threadpool_limits
 
 from vasseg.engine.run import train_experiment
 from vasseg.report import features as features_module
 from vasseg.report.build import ReportOptions, build_report
 
-from tests.conftest import tiny_experiment
+from tests.conftest import single_thread, tiny_experiment
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 FIGURES = {"boxplot_dice.png", "qualitative_slices.png", "qualitative_3d.png", "features.png",
@@ -30,20 +27,9 @@ FIGURES = {"boxplot_dice.png", "qualitative_slices.png", "qualitative_3d.png", "
 @pytest.fixture(scope="module")
 def built(phantom_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Two methods (mean teacher with two seeds, supervised with one), trained briefly, reported."""
-    with one_thread():
+    with single_thread():
         return _train_and_report(phantom_root, tmp_path_factory.mktemp("report_runs"))
 
-
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    """One torch/BLAS/OpenMP thread: on a shared two-core host two spinning threads run ~10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with threadpool_limits(1):  # scikit-learn's t-SNE too
-            yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _train_and_report(phantom_root: Path, out: Path) -> dict[str, Path]:
@@ -223,7 +209,7 @@ def test_cli_report_prints_the_html_path(built: dict[str, Path], tmp_path: Path,
     from vasseg.cli import main
 
     out = tmp_path / "rep"
-    with one_thread():
+    with single_thread():
         code = main(["report", str(built["runs"]), "--out", str(out), "--quiet",
                      "--skip", "qualitative,features,snapshots", "--reference", "mean_teacher"])
     assert code == 0
@@ -250,7 +236,7 @@ def test_qualitative_predictions_are_the_evaluated_ones(built: dict[str, Path]) 
     from vasseg.report.qualitative import overall_dice, predict_views
 
     groups = group_runs(load_records([built["runs"]], "val_last"))
-    with one_thread():
+    with single_thread():
         views = predict_views(groups, ["phantom_008", "phantom_009"], torch.device("cpu"))
     for g in groups:
         rows = {row.case: row.values["dice"] for row in g.representative.rows}
