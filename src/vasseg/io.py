@@ -19,12 +19,10 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 import uuid
-import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -35,6 +33,8 @@ import numpy as np
 from nibabel.filebasedimages import ImageFileError
 from nibabel.imageglobals import logger as nibabel_logger
 from nibabel.spatialimages import HeaderDataError, ImageDataError
+
+from vasseg.atomic import fsync_dir, fsync_file
 
 logger = logging.getLogger(__name__)
 
@@ -258,14 +258,14 @@ def write_label_nifti(
     tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp{suffix}"
     try:
         nib.save(img, str(tmp))
-        _fsync_file(tmp)
+        fsync_file(tmp)
         os.replace(tmp, path)
     except _LIBRARY_ERRORS as exc:
         raise _error(path, f"cannot write NIfTI ({type(exc).__name__}: {exc})") from exc
     finally:
         # Whatever happened, never leave the temporary file behind.
         tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     logger.info("wrote %s: shape %s, dtype %s", path, labels.shape, img.get_data_dtype())
     return path
 
@@ -342,61 +342,3 @@ def _codes(header: nib.Nifti1Header | None) -> tuple[int, int]:
         return _SCANNER_CODE, _SCANNER_CODE
     q, s = int(header["qform_code"]), int(header["sform_code"])
     return q or s or _SCANNER_CODE, s or q or _SCANNER_CODE
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Persist the rename; not supported on every platform, hence best effort."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-@contextmanager
-def atomic_dir(final: Path | str) -> Iterator[Path]:
-    """Yield a temporary folder beside ``final``; it becomes ``final`` only if the block succeeds.
-
-    Readers therefore see either the previous complete folder or the new complete one, never a
-    half-written one (e.g. a ``cases.csv`` cut short by a full disk). On failure the temporary
-    folder is removed and a previous ``final`` is left untouched. Replacing an existing folder
-    moves it aside first (``rename`` cannot replace a non-empty folder), then deletes it.
-    """
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; a results folder should follow the umask
-    try:
-        yield tmp
-        _swap_dir(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    _fsync_dir(final.parent)
-
-
-def _swap_dir(new: Path, final: Path) -> None:
-    """Put folder ``new`` in place of ``final`` (which may exist)."""
-    old = None
-    if final.exists():
-        old = final.parent / f".{final.name}.{uuid.uuid4().hex[:8]}.old"
-        os.replace(final, old)
-    try:
-        os.replace(new, final)
-    except OSError:
-        if old is not None:
-            os.replace(old, final)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

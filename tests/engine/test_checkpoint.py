@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from vasseg.engine import checkpoint as ckpt
+from vasseg import atomic
 from vasseg.engine.checkpoint import (
     CheckpointError,
     latest_checkpoint,
@@ -67,7 +67,7 @@ def _fail_nth_open(monkeypatch: pytest.MonkeyPatch, n: int, room: int = 100) -> 
         fh = real(fd, *args, **kwargs)
         return _Failing(fh, room, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))) if calls["n"] == n else fh
 
-    monkeypatch.setattr(ckpt.os, "fdopen", fdopen)
+    monkeypatch.setattr(atomic.os, "fdopen", fdopen)
 
 
 def test_save_load_round_trip_and_latest_pointer(tmp_path: Path) -> None:
@@ -106,7 +106,7 @@ def test_fsync_failure_is_a_checkpoint_error(tmp_path: Path, monkeypatch) -> Non
     def fsync(fd: int) -> None:
         raise OSError(errno.EIO, os.strerror(errno.EIO))
 
-    monkeypatch.setattr(ckpt.os, "fsync", fsync)
+    monkeypatch.setattr(atomic.os, "fsync", fsync)
     with pytest.raises(CheckpointError, match=r"could not write checkpoint \(Input/output error\).*none written yet"):
         save_checkpoint(tmp_path, "step_000001.pt", _state(1))
     assert _files(tmp_path) == []

@@ -21,7 +21,7 @@ import yaml
 
 from vasseg.cli import main
 from vasseg.config import Experiment, build_experiment, merge
-from vasseg.engine import checkpoint as ckpt_module
+from vasseg import atomic
 from vasseg.engine.checkpoint import latest_checkpoint, load_checkpoint
 from vasseg.engine.run import train_experiment
 from vasseg.engine.scalars import ScalarLog
@@ -203,7 +203,7 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(toy_methods, phant
         fh = real_fdopen(fd, *args, **kwargs)
         return _FullDisk(fh, 4096) if calls["n"] == 3 else fh
 
-    monkeypatch.setattr(ckpt_module.os, "fdopen", fdopen)
+    monkeypatch.setattr(atomic.os, "fdopen", fdopen)
     raw = _raw(phantom_root, tmp_path / "runs", data=FAST, train={"iterations": 6, "ckpt_every": 2, "log_every": 1})
     line = _one_line_error(*_cli(capsys, tmp_path, raw)[::2])
     ckpt_dir = next((tmp_path / "runs").iterdir()) / "checkpoints"
@@ -212,7 +212,7 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(toy_methods, phant
     assert sorted(p.name for p in ckpt_dir.iterdir()) == ["latest", "step_000002.pt"]  # no temp file
     assert load_checkpoint(latest_checkpoint(ckpt_dir))["step"] == 2
 
-    monkeypatch.setattr(ckpt_module.os, "fdopen", real_fdopen)  # space freed: resume goes on
+    monkeypatch.setattr(atomic.os, "fdopen", real_fdopen)  # space freed: resume goes on
     rc, out, err = _cli(capsys, tmp_path, raw, "--resume")
     assert rc == 0, err
     assert [r["step"] for r in _training_rows(ckpt_dir.parent)] == list(range(6))

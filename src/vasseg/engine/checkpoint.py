@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import random
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from vasseg.atomic import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -32,43 +32,6 @@ STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
 
 class CheckpointError(RuntimeError):
     """A checkpoint cannot be written, found or trusted; the message names the file."""
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _default_mode(fd: int) -> None:
-    """Give a mkstemp file (0600) the mode a plain open() would: 0666 minus the umask."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.fchmod(fd, 0o666 & ~umask)
-
-
-def atomic_write_bytes(path: Path, write: Any) -> None:
-    """Call ``write(file_object)`` on a temp file beside ``path``, fsync, then rename over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    _default_mode(fd)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
 
 
 def serialize(state: dict[str, Any]) -> bytes:

@@ -33,7 +33,7 @@ from vasseg.engine.setup import (
 from vasseg.engine import distributed
 from vasseg.engine.distributed import DistInfo
 from vasseg.engine.trainer import Trainer
-from vasseg.io import atomic_dir
+from vasseg.atomic import atomic_dir
 from vasseg.methods import get_method
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from vasseg.engine.checkpoint import atomic_write_bytes
+from vasseg.atomic import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
