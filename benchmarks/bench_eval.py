@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lineage import lineage_sliding_window  # noqa: E402
 
 from vasseg.config import build_experiment  # noqa: E402
+from vasseg.engine.hostmem import retain_freed_memory  # noqa: E402
 from vasseg.data.synthetic import make_phantom  # noqa: E402
 from vasseg.data.volumes import Case, VolumeSet  # noqa: E402
 from vasseg.engine.evaluate import evaluate_cases  # noqa: E402
@@ -103,6 +104,7 @@ def bench_evaluate(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
+    retain_freed_memory()  # as the CLI does (VASSEG_MALLOC=system: glibc's defaults)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("what", choices=["metrics", "evaluate"])
     p.add_argument("--cases", type=int, default=20)

@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lineage import LineageBatcher  # noqa: E402
 
 from vasseg.config import build_experiment  # noqa: E402
+from vasseg.engine.hostmem import retain_freed_memory  # noqa: E402
 from vasseg.data.splits import Split  # noqa: E402
 from vasseg.data.synthetic import make_phantom_set  # noqa: E402
 from vasseg.engine.setup import DataBundle, build_method, seed_everything  # noqa: E402
@@ -110,6 +111,7 @@ def time_steps(method: str, variant: str, data: DataBundle, args: argparse.Names
 
 
 def main() -> None:
+    retain_freed_memory()  # as the CLI does (VASSEG_MALLOC=system: glibc's defaults)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--methods", default=",".join(available_methods()),
@@ -140,7 +142,7 @@ def main() -> None:
             rows.append(row)
             print(f"{Path(method).stem:14s} {variant:8s} {row['ms']:9.1f} ms/step  (IQR {row['p25']:.1f}-{row['p75']:.1f}, "
                   f"peak {row['peak_gib']:.2f} GiB)", flush=True)
-    print(f"\n| method | variant | ms/step (median) | IQR | peak GiB |\n|---|---|---|---|---|")
+    print("\n| method | variant | ms/step (median) | IQR | peak GiB |\n|---|---|---|---|---|")
     for r in rows:
         print(f"| {Path(r['method']).stem} | {r['variant']} | {r['ms']:.1f} | {r['p25']:.1f}-{r['p75']:.1f} | {r['peak_gib']:.2f} |")
     if args.json:

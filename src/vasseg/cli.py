@@ -162,6 +162,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.debug, args.quiet)
+    from vasseg.engine.hostmem import retain_freed_memory
+
+    retain_freed_memory()  # large CPU tensors without page faults (VASSEG_MALLOC=system: off)
     try:
         if args.command in PLUGIN_COMMANDS:
             return _plugin(PLUGIN_COMMANDS[args.command][0]).run(args)
