@@ -12,10 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
-from vasseg.config import build_experiment, merge
+from vasseg.config import build_experiment
 from vasseg.engine.checkpoint import latest_checkpoint, load_checkpoint
 from vasseg.engine.optim import ema_decay, lr_factor
 from vasseg.engine.run import train_experiment
