@@ -32,7 +32,7 @@ from vasseg.report.features import (
     sample_positions,
     subsample,
 )
-from vasseg.report.figures import panel_of, panel_order
+from vasseg.report.figures import drawn_lines, panel_of, panel_order
 from vasseg.report.html import render_html
 from vasseg.report.stats import paired_test, wilcoxon_p
 from vasseg.report.tables import group_cell
@@ -200,6 +200,17 @@ def test_curve_panels_group_related_terms() -> None:
     order = panel_order(["val_dice", "learning rate", "loss_sup", "loss weights", "loss",
                          "discriminator accuracy"])
     assert order == ["loss", "loss_sup", "loss weights", "learning rate", "discriminator accuracy", "val_dice"]
+
+
+def test_schedules_are_drawn_exactly_and_noisy_terms_smoothed() -> None:
+    lr = np.where(np.arange(300) < 200, 1e-2, 1e-3)  # a step schedule
+    assert [k for k, _ in drawn_lines("learning rate", lr)] == ["line"]
+    assert np.array_equal(drawn_lines("learning rate", lr)[0][1], lr)  # the drop stays a step
+    assert np.array_equal(drawn_lines("loss weights", lr)[0][1], lr)
+    noisy = np.random.default_rng(0).normal(size=300)
+    kinds = drawn_lines("loss", noisy)
+    assert [k for k, _ in kinds] == ["faint", "line"] and np.abs(kinds[1][1]).mean() < np.abs(noisy).mean()
+    assert [k for k, _ in drawn_lines("val_dice", noisy[:10])] == ["markers"]
 
 
 def test_markdown_and_html_render_the_same_blocks_escaped() -> None:

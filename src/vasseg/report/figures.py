@@ -99,6 +99,23 @@ def smooth(values: np.ndarray) -> np.ndarray:
     return num / np.maximum(den, 1)
 
 
+# Set by the config, exact at every step: a moving average would only blur their steps and ramps.
+SCHEDULE_PANELS = ("learning rate", "loss weights")
+
+
+def drawn_lines(panel: str, values: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """What a panel draws of one series: ``[(kind, values)]`` with kind markers | faint | line.
+
+    Sparse series (validation, <= 30 points) as markers; schedules as their exact values; noisy
+    training scalars faint with a moving average on top.
+    """
+    if len(values) <= 30:
+        return [("markers", values)]
+    if panel in SCHEDULE_PANELS:
+        return [("line", values)]
+    return [("faint", values), ("line", smooth(values))]
+
+
 def panel_order(names: list[str]) -> list[str]:
     """The total loss first, then its terms, then the optimisation diagnostics, then validation."""
     fixed = ["loss weights", "learning rate", "gradient norm", "discriminator accuracy"]
@@ -153,11 +170,13 @@ def _draw_panel(ax, name: str, series, groups: list[Group]) -> None:  # noqa: AN
         style, hue = (("-", shade(color(gi), k, len(keys))) if by_key
                       else (LINESTYLES[k % len(LINESTYLES)], color(gi)))
         label = group_name(groups[gi]) + (f" · {key}" if len(keys) > 1 else "") if si == 0 else None
-        if len(values) <= 30:  # sparse (validation) series: markers show where it was measured
-            ax.plot(steps, values, style, marker="o", ms=3, color=hue, alpha=0.9, label=label)
-            continue
-        ax.plot(steps, values, style, color=hue, alpha=0.18, lw=0.7)
-        ax.plot(steps, smooth(values), style, color=hue, lw=1.3, label=label)
+        for kind, ys in drawn_lines(name, values):
+            if kind == "markers":
+                ax.plot(steps, ys, style, marker="o", ms=3, color=hue, alpha=0.9, label=label)
+            elif kind == "faint":
+                ax.plot(steps, ys, style, color=hue, alpha=0.18, lw=0.7)
+            else:
+                ax.plot(steps, ys, style, color=hue, lw=1.3, label=label)
     if name == "learning rate" and all((v > 0).all() for *_, v in series):
         ax.set_yscale("log")
     named = len(keys) > 1 or name == "loss weights"  # which weight(s) the panel shows

@@ -289,7 +289,8 @@ def curves_section(ctx: Context) -> list[Block]:
     return [Heading("Training curves"), Figure(ctx.rel(path), (
         "From each run's scalars.jsonl: every loss term, the loss weights, learning rate, gradient norm, "
         "discriminator accuracy and validation scores where logged. One colour per group, one line per "
-        "seed (faint: raw, solid: moving average over 2 % of the steps); series with ≤ 30 points as markers."))]
+        "seed (faint: raw, solid: moving average over 2 % of the steps; learning rate and loss weights "
+        "exact, never averaged); series with ≤ 30 points as markers."))]
 
 
 SECTIONS = {
