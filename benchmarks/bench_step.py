@@ -9,7 +9,9 @@ Variants (each a set of engine switches; the method code is identical):
   fast     amp + torch.compile of the networks
   lineage  fp32, per-sample NumPy augmentation in a 4-worker DataLoader (the lineage's way)
 The volumes are synthetic phantoms of LA size (the timing does not depend on the content).
-Prints a markdown table; ``--json`` also writes the numbers.
+Prints a markdown table; ``--json`` also writes the numbers. ``--interleave`` times one step of
+every (method, variant) per round instead of one pair after the other: on a shared CPU host whose
+speed drifts by 20 % over minutes, only interleaved medians give fair ratios.
 """
 
 from __future__ import annotations
@@ -82,32 +84,64 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_steps(method: str, variant: str, data: DataBundle, args: argparse.Namespace) -> dict:
+def make_trainer(method: str, variant: str, data: DataBundle, args: argparse.Namespace, folder: Path) -> Trainer:
+    """A trainer of ``method`` under ``variant``'s switches, after ``args.warmup`` steps."""
     exp = experiment(method, variant, args)
     seed_everything(0)
+    trainer = Trainer(exp, build_method(exp), data, folder, torch.device(args.device))
+    if variant == "lineage":
+        d = exp.data
+        trainer.batcher = LineageBatcher(data.labeled, data.unlabeled if d.unlabeled_bs else None,
+                                         d.labeled_bs, d.unlabeled_bs, d.patch_size, workers=args.workers)
+    trainer.method.train()
+    for _ in range(args.warmup):
+        trainer.train_step()
+    return trainer
+
+
+def timed_step(trainer: Trainer) -> float:
+    device = trainer.device
+    sync(device)
+    t0 = time.perf_counter()
+    trainer.train_step()
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def summary(method: str, variant: str, times: list[float], peak: float) -> dict:
+    q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
+    return {"method": method, "variant": variant, "ms": 1000 * statistics.median(times),
+            "p25": 1000 * q[0], "p75": 1000 * q[2], "peak_gib": peak, "steps": len(times)}
+
+
+def time_steps(method: str, variant: str, data: DataBundle, args: argparse.Namespace) -> dict:
+    """One (method, variant) after the other: peak GPU memory is that of this pair alone."""
     device = torch.device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(exp, build_method(exp), data, Path(tmp), device)
-        if variant == "lineage":
-            d = exp.data
-            trainer.batcher = LineageBatcher(data.labeled, data.unlabeled if d.unlabeled_bs else None,
-                                             d.labeled_bs, d.unlabeled_bs, d.patch_size, workers=args.workers)
-        trainer.method.train()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        for _ in range(args.warmup):
-            trainer.train_step()
-        sync(device)
-        times = []
-        for _ in range(args.steps):
-            t0 = time.perf_counter()
-            trainer.train_step()
-            sync(device)
-            times.append(time.perf_counter() - t0)
-    q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
+        trainer = make_trainer(method, variant, data, args, Path(tmp))
+        times = [timed_step(trainer) for _ in range(args.steps)]
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
-    return {"method": method, "variant": variant, "ms": 1000 * statistics.median(times),
-            "p25": 1000 * q[0], "p75": 1000 * q[2], "peak_gib": peak, "steps": args.steps}
+    return summary(method, variant, times, peak)
+
+
+def time_interleaved(pairs: list[tuple[str, str]], data: DataBundle, args: argparse.Namespace) -> list[dict]:
+    """Round-robin: one timed step of every pair per round, so a machine whose speed drifts
+    (a shared host) slows every pair alike and the ratios stay fair. No peak memory."""
+    with tempfile.TemporaryDirectory() as tmp:
+        trainers = [make_trainer(m, v, data, args, Path(tmp) / f"{i}") for i, (m, v) in enumerate(pairs)]
+        times: list[list[float]] = [[] for _ in pairs]
+        for _ in range(args.steps):
+            for trainer, series in zip(trainers, times):
+                series.append(timed_step(trainer))
+    return [summary(m, v, t, float("nan")) for (m, v), t in zip(pairs, times)]
+
+
+def show(row: dict) -> dict:
+    print(f"{Path(row['method']).stem:14s} {row['variant']:8s} {row['ms']:9.1f} ms/step  "
+          f"(IQR {row['p25']:.1f}-{row['p75']:.1f}, peak {row['peak_gib']:.2f} GiB)", flush=True)
+    return row
 
 
 def main() -> None:
@@ -127,21 +161,21 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--interleave", action="store_true",
+                   help="time the pairs round-robin (fair ratios on a host whose speed drifts; no peak memory)")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
     torch.backends.cudnn.benchmark = True
     data = phantoms(args)
-    rows = []
-    for method in args.methods.split(","):
-        for variant in args.variants.split(","):
-            try:
-                row = time_steps(method, variant, data, args)
-            except Exception as exc:  # noqa: BLE001 - report the failure, time the rest
-                print(f"{method} {variant}: FAILED {type(exc).__name__}: {str(exc)[:300]}", flush=True)
-                continue
-            rows.append(row)
-            print(f"{Path(method).stem:14s} {variant:8s} {row['ms']:9.1f} ms/step  (IQR {row['p25']:.1f}-{row['p75']:.1f}, "
-                  f"peak {row['peak_gib']:.2f} GiB)", flush=True)
+    pairs = [(m, v) for m in args.methods.split(",") for v in args.variants.split(",")]
+    rows = time_interleaved(pairs, data, args) if args.interleave else []
+    for row in rows:
+        show(row)
+    for method, variant in pairs if not args.interleave else []:
+        try:
+            rows.append(show(time_steps(method, variant, data, args)))
+        except Exception as exc:  # noqa: BLE001 - report the failure, time the rest
+            print(f"{method} {variant}: FAILED {type(exc).__name__}: {str(exc)[:300]}", flush=True)
     print("\n| method | variant | ms/step (median) | IQR | peak GiB |\n|---|---|---|---|---|")
     for r in rows:
         print(f"| {Path(r['method']).stem} | {r['variant']} | {r['ms']:.1f} | {r['p25']:.1f}-{r['p75']:.1f} | {r['peak_gib']:.2f} |")

@@ -1,0 +1,35 @@
+"""The benchmark scripts run (tiny sizes) and print their tables: they back benchmarks/RESULTS.md."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--device", "cpu", "--patch", "16", "16", "16", "--volume", "24", "24", "24", "--filters", "4",
+        "--steps", "2", "--warmup", "1", "--workers", "0"]
+
+
+def _bench(*args: str, tmp: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "src"))
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_step.py"), *args],
+                          capture_output=True, text=True, env=env, cwd=tmp, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
+
+
+@pytest.mark.parametrize("mode", [[], ["--interleave"]], ids=["sequential", "interleaved"])
+def test_bench_step_times_every_pair(mode: list[str], tmp_path: Path) -> None:
+    out = tmp_path / "steps.json"
+    proc = _bench(*TINY, "--methods", "supervised,vas", "--variants", "plain,lineage", *mode, "--json", str(out),
+                  tmp=tmp_path)
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["method"], r["variant"]) for r in rows] == [
+        ("supervised", "plain"), ("supervised", "lineage"), ("vas", "plain"), ("vas", "lineage")]
+    assert all(r["ms"] > 0 and r["steps"] == 2 for r in rows)
+    assert "| vas | lineage |" in proc.stdout and "FAILED" not in proc.stdout
