@@ -34,6 +34,7 @@ from vasseg.report.features import (
 )
 from vasseg.report.figures import drawn_lines, panel_of, panel_order
 from vasseg.report.html import render_html
+from vasseg.report.qualitative import surface
 from vasseg.report.stats import paired_test, wilcoxon_p
 from vasseg.report.tables import group_cell
 
@@ -154,6 +155,19 @@ def test_crop_pads_small_volumes_and_centres_the_structure() -> None:
     crop, lab = crop_around_foreground(image, label, (16, 16, 16))
     assert crop.shape == (1, 16, 16, 16) and lab.shape == (16, 16, 16)
     assert int(lab.sum()) == int(label.sum())
+
+
+def test_surfaces_of_tiny_and_empty_masks() -> None:
+    mask = np.zeros((12, 12, 12), bool)
+    assert surface(mask, (1.0, 1.0, 1.0)) is None
+    mask[5, 6, 7] = True  # one voxel: smoothing alone would leave nothing above the 0.5 level
+    verts, faces = surface(mask, (2.0, 1.0, 1.0))
+    assert len(faces) > 0
+    assert np.allclose(verts.mean(0), (10.0, 6.0, 7.0), atol=0.5)  # in mm, around the voxel
+    big = np.zeros((12, 12, 12), bool)
+    big[3:9, 3:9, 3:9] = True
+    verts, _ = surface(big, (1.0, 1.0, 1.0))
+    assert verts.min() >= 2.0 and verts.max() <= 9.0  # smoothed, still around the cube
 
 
 def test_subsample_keeps_every_stratum_and_the_bound() -> None:

@@ -216,9 +216,11 @@ def surface(mask: np.ndarray, spacing: tuple[float, ...]) -> tuple[np.ndarray, n
         return None
     from scipy.ndimage import gaussian_filter
 
-    padded = np.pad(mask.astype(np.float32), 2)  # closed surfaces where the mask meets the box
-    # Display only: voxel staircases hide the shape; sigma < 1 voxel keeps thin parts.
-    padded = gaussian_filter(padded, SMOOTH_SIGMA)
+    binary = np.pad(mask.astype(np.float32), 2)  # closed surfaces where the mask meets the box
+    # Display only: voxel staircases hide the shape; sigma < 1 voxel keeps thin parts. A structure
+    # of a few voxels smooths to below the 0.5 level everywhere: draw it unsmoothed instead.
+    smoothed = gaussian_filter(binary, SMOOTH_SIGMA)
+    padded = smoothed if smoothed.max() > 0.5 else binary
     step = max(1, int(round(max(mask.shape) / MAX_MESH_SIDE)))
     verts, faces, _, _ = marching_cubes(padded, level=0.5, spacing=tuple(spacing), step_size=step)
     return verts - 2 * np.asarray(spacing), faces
@@ -241,20 +243,29 @@ def shaded_colors(triangles: np.ndarray, rgb: str, light: np.ndarray) -> np.ndar
 
 
 VIEW = (25.0, -60.0)  # elevation, azimuth of the 3-D views
+MULTI_CLASS_ALPHA = 0.45  # surface opacity in panels with several classes
 
 
 def _draw_surface(ax, labels: np.ndarray, spacing: tuple[float, ...]) -> bool:  # noqa: ANN001
     from mpl_toolkits.mplot3d.art3d import Poly3DCollection
 
     drawn = False
-    for cls in np.unique(labels[labels > 0]):
+    classes = np.unique(labels[labels > 0])
+    # Several classes: translucent, so that a structure (or a false positive) wrapped around
+    # others does not hide them; one class: opaque, its shape reads best.
+    alpha = 1.0 if len(classes) == 1 else MULTI_CLASS_ALPHA
+    for cls in classes:
         mesh = surface(labels == cls, spacing)
         if mesh is None:
             continue
         verts, faces = mesh
         triangles = verts[faces]
         colors = shaded_colors(triangles, class_color(int(cls)), light_direction(*VIEW))
-        ax.add_collection3d(Poly3DCollection(triangles, facecolors=colors, edgecolors=colors, linewidths=0.1))
+        rgba = np.concatenate([colors, np.full((len(colors), 1), alpha)], axis=1)
+        # Opaque meshes get edges in the face colour (no hairline gaps); translucent ones none
+        # (an edge would be drawn over its two faces and show as a darker net).
+        edges = rgba if alpha == 1.0 else "none"
+        ax.add_collection3d(Poly3DCollection(triangles, facecolors=rgba, edgecolors=edges, linewidths=0.1))
         drawn = True
     return drawn
 

@@ -168,8 +168,9 @@ def qualitative_section(ctx: Context) -> list[Block]:
         path = render_figure(views, ctx.figures / "qualitative_3d.png")
         blocks.append(Figure(ctx.rel(path), (
             f"Cases {', '.join(ids)}: marching-cubes surfaces of the ground truth and each prediction "
-            f"(same runs), in mm, cropped to the union of all masks; one colour per class; masks lightly "
-            f"smoothed for display (Gaussian, sigma 0.7 voxel).")))
+            f"(same runs), in mm, cropped to the union of all masks; one colour per class (translucent where "
+            f"a panel shows several, so no structure hides another); masks lightly smoothed for display "
+            f"(Gaussian, sigma 0.7 voxel; structures of a few voxels unsmoothed).")))
     return blocks
 
 
