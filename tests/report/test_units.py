@@ -101,6 +101,21 @@ def test_cells_average_cases_per_seed_then_seeds() -> None:
     assert cell.mean == pytest.approx(75.0) and cell.std == pytest.approx(100 * np.std([0.6, 0.9], ddof=1))
 
 
+def test_class_mean_cells_count_the_undefined_classes_they_skip() -> None:
+    # Two cases, three organs; the method predicts nothing for organ 3 in both cases and for
+    # organ 2 in case y: the class means skip those, and the cell says how many were skipped.
+    rec = record("supervised", 1, {})
+    hd = {("x", 1): 1.0, ("x", 2): 3.0, ("x", 3): math.nan, ("y", 1): 2.0, ("y", 2): math.nan, ("y", 3): math.nan}
+    rows = [CaseRow(case, cls, {"dice": 0.0 if math.isnan(v) else 0.8, "jaccard": 0.5, "hd95": v}, "ok")
+            for (case, cls), v in hd.items()]
+    g = group(RunRecord(rec.run_dir, rec.exp, SPLIT, rec.eval_dir, rows))
+    cell = group_cell(g, "hd95")
+    assert (cell.n, cell.mean, cell.undefined) == (2, pytest.approx(2.0), 3)  # case means 2.0 and 2.0
+    assert cell.text().endswith("(3 n/a)")
+    assert group_cell(g, "hd95", 3).text() == "– (2 n/a)"
+    assert group_cell(g, "dice").undefined == 0
+
+
 # --------------------------------------------------------------------------- runs and groups
 
 

@@ -44,7 +44,12 @@ def group_cell(group: Group, metric: str, cls: int | None = None) -> Cell:
     """Mean ± std of ``metric`` for a group (percent for Dice/Jaccard)."""
     scale = 100.0 if metric in PERCENT else 1.0
     per_run = [list(case_values(r, metric, cls).values()) for r in group.runs]
-    undefined = sum(sum(math.isnan(v) for v in vals) for vals in per_run)
+    if cls is None and len(group.classes) > 1:
+        # A case's mean over classes skips its undefined classes: count those (case, class)
+        # values, or a method that predicts nothing for the hard organs would look best.
+        undefined = sum(math.isnan(row.values[metric]) for r in group.runs for row in r.rows)
+    else:
+        undefined = sum(sum(math.isnan(v) for v in vals) for vals in per_run)
     if len(per_run) == 1:
         s, over = summarize(per_run[0]), "cases"
     else:
@@ -136,7 +141,9 @@ def table_one(groups: list[Group], tests: list[PairedTest], ctx: EvalContext, ou
     notes = [statistic_note(groups), ctx.split_text(), empty_rule_note([r for g in groups for r in g.runs]),
              UNITS_NOTE, "p: paired Wilcoxon signed-rank test per case (see the Wilcoxon table)."]
     if len({g.dataset for g in groups}) == 1 and len(groups[0].classes) > 1:
-        notes.insert(0, "Several classes: every value is per case the mean over the foreground classes.")
+        notes.insert(0, "Several classes: every value is per case the mean over the foreground classes "
+                        "whose value is defined; '(k n/a)' then counts the undefined (case, class) values "
+                        "left out, summed over seeds.")
     return Table(f"Table I. Segmentation results ({groups[0].dataset})", header, rows, notes)
 
 
