@@ -32,7 +32,7 @@ from vasseg.report.features import (
     sample_positions,
     subsample,
 )
-from vasseg.report.figures import drawn_lines, panel_of, panel_order
+from vasseg.report.figures import drawn_lines, panel_of, panel_order, panel_title, wide_range
 from vasseg.report.html import render_html
 from vasseg.report.qualitative import surface
 from vasseg.report.stats import paired_test, wilcoxon_p
@@ -240,6 +240,16 @@ def test_schedules_are_drawn_exactly_and_noisy_terms_smoothed() -> None:
     kinds = drawn_lines("loss", noisy)
     assert [k for k, _ in kinds] == ["faint", "line"] and np.abs(kinds[1][1]).mean() < np.abs(noisy).mean()
     assert [k for k, _ in drawn_lines("val_dice", noisy[:10])] == ["markers"]
+
+
+def test_wide_ranges_get_a_log_axis_and_families_a_short_title() -> None:
+    vas = np.linspace(200.0, 2.5, 300)  # beta = 100 makes VAS's total loss start at 200
+    mt = np.full(300, 0.6)
+    assert wide_range([vas, mt]) and not wide_range([mt, mt * 2]) and not wide_range([mt - 0.6])
+    assert not wide_range([np.array([np.nan])])
+    assert panel_title("vox_l per class", [f"vox_l_c{i}" for i in range(9)]) == "vox_l per class (9 classes)"
+    assert panel_title("gradient norm", ["grad_norm", "grad_norm_d"]) == "gradient norm: grad_norm, grad_norm_d"
+    assert panel_title("loss", ["loss"]) == "loss"
 
 
 def test_markdown_and_html_render_the_same_blocks_escaped() -> None:

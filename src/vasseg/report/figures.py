@@ -150,6 +150,27 @@ def training_curves(groups: list[Group], path: Path) -> Path | None:
     return save(fig, path)
 
 
+def wide_range(series: list[np.ndarray], ratio: float = 30.0) -> bool:
+    """True when the largest value exceeds the smallest series median ``ratio`` times: on a
+    linear axis the small series would be a flat line (e.g. VAS's beta = 100 loss beside mean
+    teacher's, or w_feature = 100 beside w_adv = 0.01)."""
+    finite = [v[np.isfinite(v)] for v in series]
+    finite = [v for v in finite if v.size]
+    if not finite:
+        return False
+    low = min(float(np.median(v)) for v in finite)
+    return low > 0 and max(float(v.max()) for v in finite) > ratio * low
+
+
+def panel_title(name: str, keys: list[str]) -> str:
+    """The panel's name, with the keys it shows when several share it (a count for per-class families)."""
+    if name.endswith("per class"):
+        return f"{name} ({len(keys)} classes)"
+    if len(keys) > 1 or name == "loss weights":  # which weight(s) the panel shows
+        return f"{name}: {', '.join(keys)}"
+    return name
+
+
 def shade(base: str, index: int, count: int) -> tuple[float, float, float]:
     """The ``index``-th of ``count`` shades of ``base``, from dark to light."""
     from matplotlib.colors import to_rgb
@@ -177,10 +198,10 @@ def _draw_panel(ax, name: str, series, groups: list[Group]) -> None:  # noqa: AN
                 ax.plot(steps, ys, style, color=hue, alpha=0.18, lw=0.7)
             else:
                 ax.plot(steps, ys, style, color=hue, lw=1.3, label=label)
-    if name == "learning rate" and all((v > 0).all() for *_, v in series):
-        ax.set_yscale("log")
-    named = len(keys) > 1 or name == "loss weights"  # which weight(s) the panel shows
-    ax.set_title(f"{name}: {', '.join(keys)}" if named else name, fontsize=10)
+    if name == "learning rate" or wide_range([v for *_, v in series]):
+        if all((v > 0).all() for *_, v in series):
+            ax.set_yscale("log")
+    ax.set_title(panel_title(name, keys), fontsize=10)
     ax.set_xlabel("step", fontsize=8)
     ax.tick_params(labelsize=7)
     ax.grid(alpha=0.3)
