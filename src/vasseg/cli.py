@@ -85,9 +85,14 @@ def _plugin(module: str):  # noqa: ANN202 - a module object
 
 
 def setup_logging(debug: bool, quiet: bool) -> None:
-    level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    logging.getLogger("vasseg").setLevel(level)
+    """Console: INFO, WARNING with ``--quiet``, DEBUG with ``--debug``. vasseg's own records stay
+    at INFO or finer, so a run folder's ``train.log`` is complete whatever the console shows."""
+    console = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=console, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for handler in logging.getLogger().handlers:
+        if type(handler) is logging.StreamHandler and handler.stream is sys.stderr:  # basicConfig's
+            handler.setLevel(console)
+    logging.getLogger("vasseg").setLevel(min(console, logging.INFO))
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -86,6 +86,17 @@ def _run_cli(config: Path, *extra: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
 
 
+def test_quiet_console_still_writes_a_complete_train_log(phantom_root: Path, tmp_path: Path) -> None:
+    cfg = _write_config(tmp_path / "q.yaml", tiny_raw(phantom_root, tmp_path / "q", "supervised",
+                                                      train={"iterations": 2}, data={"num_val": 0}))
+    proc = _run_cli(cfg)
+    assert proc.wait(timeout=300) == 0
+    run_dir = Path(proc.stdout.read().decode().strip().splitlines()[-1])
+    assert "INFO" not in proc.stderr.read().decode()  # --quiet: warnings only on the console
+    log = (run_dir / "train.log").read_text()
+    assert "INFO vasseg.engine.run: run folder:" in log and "trained 2 steps" in log
+
+
 def test_sigkill_then_resume_reproduces_the_uninterrupted_losses(phantom_root: Path, tmp_path: Path) -> None:
     train = {"iterations": 24, "ckpt_every": 3, "log_every": 1}
     ref_cfg = _write_config(tmp_path / "ref.yaml", tiny_raw(phantom_root, tmp_path / "ref", "mean_teacher", train=train))
