@@ -35,6 +35,7 @@ from vasseg.report.features import (
 from vasseg.report.figures import drawn_lines, panel_of, panel_order, panel_title, wide_range
 from vasseg.report.html import render_html
 from vasseg.report.qualitative import surface
+from vasseg.report.sections import default_cases
 from vasseg.report.stats import paired_test, wilcoxon_p
 from vasseg.report.tables import group_cell
 
@@ -114,6 +115,17 @@ def test_class_mean_cells_count_the_undefined_classes_they_skip() -> None:
     assert cell.text().endswith("(3 n/a)")
     assert group_cell(g, "hd95", 3).text() == "– (2 n/a)"
     assert group_cell(g, "dice").undefined == 0
+
+
+def test_default_cases_are_the_typical_and_the_hardest_over_all_methods() -> None:
+    a = group(record("supervised", 1, {"c1": 0.9, "c2": 0.5, "c3": 0.7, "c4": 0.8, "x": 0.1}))
+    b = group(record("mean_teacher", 1, {"c1": 0.9, "c2": 0.1, "c3": 0.7, "c4": 0.6}),
+              record("mean_teacher", 2, {"c1": 0.9, "c2": 0.3, "c3": 0.7, "c4": 0.6}))
+    # Means over the groups (b's seeds averaged first): c1 0.9, c2 0.35, c3 0.7, c4 0.7; "x" is
+    # not in b. Median of four = the 2nd lowest (c3 before c4 by id), hardest = c2.
+    assert default_cases([a, b]) == ["c3", "c2"]
+    assert default_cases([group(record("supervised", 1, {"only": 0.5}))]) == ["only"]
+    assert default_cases([a, group(record("vas", 1, {"other": 0.5}))]) == []
 
 
 # --------------------------------------------------------------------------- runs and groups

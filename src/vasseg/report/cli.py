@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="scoring grid to read: primary (default: cases.csv) or cases_<grid>.csv")
     parser.add_argument("--reference", help="method the Wilcoxon tests compare against (default: supervised)")
     parser.add_argument("--cases", help="comma-separated case ids for the qualitative figures "
-                                        "(default: the first two evaluated cases)")
+                                        "(default: the median and the lowest mean Dice over all methods)")
     parser.add_argument("--layer", default="decoder:3",
                         help="feature layer: encoder:0..4 or decoder:0..3 (default decoder:3, the last map)")
     parser.add_argument("--embedding", default="auto", choices=("auto", "tsne", "umap"),

@@ -6,13 +6,14 @@ A section gets a :class:`Context` (options, output folders, runs and groups) and
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from vasseg.report.collect import Group, RunRecord, run_checkpoint
+from vasseg.report.collect import Group, RunRecord, run_checkpoint, seed_averaged
 from vasseg.report.document import Block, Figure, Heading, Paragraph, Table, write_csv
 from vasseg.report.features import DEFAULT_LAYER, MAX_CASES, MAX_POINTS, PER_CLASS
 
@@ -26,7 +27,7 @@ class ReportOptions:
     eval_name: str = "val_last"
     grid: str = ""  # scoring grid: "" = cases.csv (the primary one), or native / model
     reference: str | None = None  # default: supervised when present, else the first method
-    cases: tuple[str, ...] = ()  # default: the first two cases of the evaluation
+    cases: tuple[str, ...] = ()  # default: default_cases() (a typical and the hardest case)
     layer: str = DEFAULT_LAYER
     device: str = "auto"
     data_root: str | None = None
@@ -135,13 +136,28 @@ def boxplot_section(ctx: Context) -> list[Block]:
 # --------------------------------------------------------------------------- qualitative
 
 
-def default_cases(groups: list[Group], count: int = 2) -> list[str]:
-    """The first ``count`` case ids every group was evaluated on."""
+CASES_RULE = ("a typical and the hardest case: the median and the lowest per-case Dice averaged over "
+              "every method shown (no method picks them)")
+
+
+def default_cases(groups: list[Group]) -> list[str]:
+    """The typical and the hardest case every group was evaluated on (see :data:`CASES_RULE`).
+
+    Per case the Dice over classes, averaged over a group's seeds, then over the groups; ties
+    go by case id. Alphabetical picks happened to show two easy cases of a split whose failures
+    (empty predictions) were the story.
+    """
     common = None
     for g in groups:
         ids = {row.case for r in g.runs for row in r.rows}
         common = ids if common is None else common & ids
-    return sorted(common or [])[:count]
+    if not common:
+        return []
+    per_group = [seed_averaged(g, "dice") for g in groups]
+    defined = {c: [v[c] for v in per_group if not math.isnan(v[c])] for c in common}
+    score = {c: sum(vals) / len(vals) if vals else -1.0 for c, vals in defined.items()}
+    ordered = sorted(common, key=lambda c: (score[c], c))
+    return list(dict.fromkeys([ordered[(len(ordered) - 1) // 2], ordered[0]]))
 
 
 def qualitative_section(ctx: Context) -> list[Block]:
@@ -151,6 +167,7 @@ def qualitative_section(ctx: Context) -> list[Block]:
         return []
     groups = list(by_dataset(ctx.evaluated).values())[0]
     ids = list(ctx.options.cases) or default_cases(groups)
+    chosen = "" if ctx.options.cases else f" ({CASES_RULE}; --cases chooses others)"
     views = predict_views(groups, ids, ctx.device, ctx.options.data_root)
     ckpts = ", ".join(f"{g.label}: seed {g.representative.seed}, {run_checkpoint(g.representative)}"
                       for g in groups)
@@ -159,7 +176,7 @@ def qualitative_section(ctx: Context) -> list[Block]:
         path = slices_figure(views, ctx.figures / "qualitative_slices.png", ctx.options.slice_axis,
                              class_names(groups[0].representative))
         blocks.append(Figure(ctx.rel(path), (
-            f"Cases {', '.join(ids)}: the slice (axis {ctx.options.slice_axis}) with the most ground-truth "
+            f"Cases {', '.join(ids)}{chosen}: the slice (axis {ctx.options.slice_axis}) with the most ground-truth "
             f"foreground, zoomed to the structure. Ground truth dashed (filled in the first column), "
             f"prediction solid, one colour per class; Dice over the whole volume. Predictions by each "
             f"group's representative seed (the median of its seeds' mean Dice; the upper one of two) with "
