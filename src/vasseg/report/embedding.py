@@ -83,6 +83,10 @@ def feature_scores(sample: FeatureSample) -> FeatureScores:
 
 
 def centroid_gap(x: np.ndarray, cls: np.ndarray, labeled: np.ndarray) -> float:
+    """Mean over classes of |labeled centroid - unlabeled centroid| / class RMS spread.
+
+    ``x`` (N, C) features, ``cls`` (N,) class ids, ``labeled`` (N,) bool; NaN if no class has both.
+    """
     gaps = []
     for c in np.unique(cls):
         lab, unl = x[(cls == c) & labeled], x[(cls == c) & ~labeled]
