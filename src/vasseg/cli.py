@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
 # Subcommands implemented next to their feature: the module provides ``add_arguments(parser)`` and
 # ``run(args) -> int`` and keeps heavy imports inside ``run``.
 PLUGIN_COMMANDS: dict[str, tuple[str, str]] = {
-    "prepare": ("vasseg.data.prepare", "prepare a NIfTI dataset (BTCV pairs or MSD) for training"),
+    "prepare": ("vasseg.data.prepare_cli", "prepare a NIfTI dataset (BTCV pairs or MSD) for training"),
     "report": ("vasseg.report.cli", "tables and figures (markdown + HTML + PNG) from run folders"),
 }
 

@@ -16,7 +16,6 @@ class ConfigError(ValueError):
     """A configuration problem; the message names the key path or file."""
 
 
-
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 

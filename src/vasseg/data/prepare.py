@@ -20,13 +20,12 @@ the end: a failure leaves nothing behind. The split is deterministic: the ids ar
 ``--seed``; the first ``round(n * test_fraction)`` form ``test.list`` (sorted), the rest form
 ``train.list`` in shuffled order (its first N ids are the labeled ones of ``data.labeled``).
 
-This module imports only the standard library at load time (the CLI imports it to build its
-parser); numpy, nibabel, h5py and torch are imported where the work happens.
+This module imports only the standard library at load time (:mod:`vasseg.data.prepare_cli`
+imports it to build the parser); numpy, nibabel, h5py and torch are imported where the work happens.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -74,48 +73,6 @@ class PreparedCase:
     label: np.ndarray
     native_label: np.ndarray
     attrs: dict[str, Any]
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``vasseg prepare``."""
-    parser.add_argument("sources", nargs="+", metavar="SOURCE",
-                        help="dataset folder: BTCV-style img*/label* NIfTI pairs or an MSD folder with dataset.json")
-    parser.add_argument("--out", required=True, help="prepared dataset folder to create")
-    parser.add_argument("--label-map", default="btcv",
-                        help="btcv (BTCV/Gibson ids, default), totalsegmentator_v2, paper8, or a YAML file")
-    parser.add_argument("--shape", type=int, nargs=3, default=list(PAPER_SHAPE), metavar=("X", "Y", "Z"),
-                        help="target shape in voxels (default: the paper's 128 128 64)")
-    parser.add_argument("--window", type=float, nargs=2, default=list(PAPER_WINDOW), metavar=("LOW", "HIGH"),
-                        help="HU window (default: -200 250)")
-    parser.add_argument("--normalize", choices=("minmax", "zscore"), default="minmax",
-                        help="minmax: clip + rescale to [0, 1] (default); zscore: then zero mean, unit variance")
-    parser.add_argument("--test-fraction", type=float, default=PAPER_TEST_FRACTION,
-                        help="share of cases in test.list (default 20/90, the paper's split)")
-    parser.add_argument("--test-ids", help="file of test ids, one per line (overrides --test-fraction)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the deterministic split (default 0)")
-    parser.add_argument("--skip-bad", action="store_true", help="skip bad or mismatched pairs (logged, listed)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
-    parser.add_argument("--ignore-label-affine", action="store_true",
-                        help="accept a label whose affine differs from its image's (same shape required)")
-
-
-def run(args: argparse.Namespace) -> int:
-    """``vasseg prepare``: prepare the dataset, print the output folder."""
-    test_ids = None
-    if args.test_ids:
-        from vasseg.data.la import read_id_list
-
-        test_ids = tuple(read_id_list(args.test_ids))
-    options = PrepareOptions(label_map=args.label_map, shape=tuple(args.shape), window=tuple(args.window),
-                             normalize=args.normalize, test_fraction=args.test_fraction, test_ids=test_ids,
-                             seed=args.seed, skip_bad=args.skip_bad, overwrite=args.overwrite,
-                             ignore_label_affine=args.ignore_label_affine)
-    out = prepare_dataset(args.sources, args.out, options, progress=not args.quiet)
-    print(out)
-    return 0
 
 
 # --------------------------------------------------------------------------- library
