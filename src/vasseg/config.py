@@ -36,6 +36,13 @@ class DataConfig:
     labeled: int = 8  # first N ids of train.list are labeled (the benchmark protocol)
     num_val: int = 0  # last N ids of train.list form the validation split (never used for training)
     val_ids: tuple[str, ...] = ()  # explicit validation ids (overrides num_val)
+    # K-fold validation over the ids after the labeled ones: fold k of `folds` contiguous blocks is
+    # the validation split, the other blocks are unlabeled (0: off; excludes num_val / val_ids).
+    folds: int = 0
+    fold: int = 0
+    # "file": intensities as the files hold them (the LA release: z-scored over the whole MRI, then
+    # cropped, so each crop has its own scale); "zscore": every volume re-z-scored over itself.
+    intensity: str = "file"
     train_list: str = "train.list"
     test_list: str = "test.list"
     num_classes: int = 2  # including background
@@ -190,6 +197,7 @@ def check_experiment(exp: Experiment) -> None:
         "model.norm": (exp.model.norm, ("batchnorm", "groupnorm", "instancenorm", "none")),
         "model.name": (exp.model.name, ("vnet",)),
         "data.dataset": (exp.data.dataset, ("la", "prepared")),
+        "data.intensity": (exp.data.intensity, ("file", "zscore")),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:
@@ -208,6 +216,8 @@ def check_experiment(exp: Experiment) -> None:
     non_negative = {
         "data.labeled": exp.data.labeled,
         "data.num_val": exp.data.num_val,
+        "data.folds": exp.data.folds,
+        "data.fold": exp.data.fold,
         "data.unlabeled_bs": exp.data.unlabeled_bs,
         "train.val_every": exp.train.val_every,
         "train.keep_checkpoints": exp.train.keep_checkpoints,
@@ -219,6 +229,13 @@ def check_experiment(exp: Experiment) -> None:
             raise ConfigError(f"{key}: must not be negative (got {value})")
     if not (exp.train.lr > 0 and math.isfinite(exp.train.lr)):
         raise ConfigError(f"train.lr: must be a positive finite number (got {exp.train.lr})")
+    if exp.data.intensity != "file" and exp.data.dataset != "la":
+        raise ConfigError("data.intensity: 'zscore' applies to the LA format only (prepared data is "
+                          "normalised by `vasseg prepare`)")
+    if exp.data.folds and (exp.data.num_val or exp.data.val_ids):
+        raise ConfigError("data.folds: k-fold validation excludes data.num_val and data.val_ids")
+    if exp.data.fold and exp.data.fold >= max(exp.data.folds, 1):
+        raise ConfigError(f"data.fold: must be in 0..{max(exp.data.folds, 1) - 1} (got {exp.data.fold})")
     if exp.data.class_names and len(exp.data.class_names) != exp.data.num_classes:
         raise ConfigError(
             f"data.class_names: {len(exp.data.class_names)} names for {exp.data.num_classes} classes"

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from vasseg.data.intensity import normalize_intensity
 from vasseg.data.volumes import Case, DataError, Spacing, VolumeSet, rescale_case
 
 log = logging.getLogger(__name__)
@@ -156,10 +157,14 @@ def read_h5_case(path: str | Path, num_classes: int = LA_NUM_CLASSES) -> tuple[n
 
 
 def read_la_case(root: str | Path, case_id: str, num_classes: int = LA_NUM_CLASSES,
-                 spacing: Spacing = LA_SPACING) -> Case:
-    """One LA case at native resolution: image ``(1, X, Y, Z)`` float32, label ``(X, Y, Z)`` uint8."""
+                 spacing: Spacing = LA_SPACING, intensity: str = "file") -> Case:
+    """One LA case at native resolution: image ``(1, X, Y, Z)`` float32, label ``(X, Y, Z)`` uint8.
+
+    ``intensity`` is ``data.intensity`` (:mod:`vasseg.data.intensity`), applied at native resolution.
+    """
     path = case_path(root, case_id)
     image, label = read_h5_case(path, num_classes)
+    image = normalize_intensity(image, intensity)
     return Case(
         id=case_id,
         image=torch.from_numpy(image)[None],
@@ -179,6 +184,7 @@ def load_la(
     progress: bool = True,
     num_classes: int = LA_NUM_CLASSES,
     list_name: str = "the id list",
+    intensity: str = "file",
 ) -> VolumeSet:
     """Load LA cases into a CPU `VolumeSet`.
 
@@ -191,6 +197,7 @@ def load_la(
         spacing: voxel size in mm of the files.
         progress: show a tqdm bar.
         list_name: how error messages name the source of ``ids`` (e.g. "test.list").
+        intensity: ``data.intensity``: "file" (the values as stored) or "zscore" (per volume).
 
     Every id is checked before any file is read, so one error names all missing cases.
     """
@@ -203,7 +210,7 @@ def load_la(
     t0 = time.perf_counter()
     cases = []
     for case_id in tqdm(ids, desc="load LA", unit="case", disable=not progress, leave=False):
-        case = read_la_case(root, case_id, num_classes, spacing)
+        case = read_la_case(root, case_id, num_classes, spacing, intensity)
         cases.append(rescale_case(case, scale, num_classes))
     volumes = VolumeSet(cases)
     log.info("loaded %d LA cases from %s at scale %g in %.1f s (%.0f MiB)", len(volumes), root,

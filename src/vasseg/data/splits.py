@@ -98,6 +98,22 @@ def make_split(
     return Split(labeled=lab, unlabeled=unlab, val=val)
 
 
+def fold_val_ids(train_ids: Sequence[str], labeled: int, folds: int, fold: int) -> list[str]:
+    """Validation ids of fold ``fold`` of ``folds``: one contiguous block of the ids after the
+    first ``labeled``, in list order (blocks differ in size by at most one id).
+
+    The labeled ids stay the benchmark's first ``labeled``; the other blocks are the unlabeled
+    pool, so every non-labeled id is validated exactly once over the folds.
+    """
+    rest = list(train_ids)[labeled:]
+    if folds < 2 or not 0 <= fold < folds:
+        raise SplitError(f"split: fold {fold} of {folds} folds (need folds >= 2 and 0 <= fold < folds)")
+    if len(rest) < folds:
+        raise SplitError(f"split: {len(rest)} non-labeled ids cannot form {folds} folds")
+    bounds = [round(i * len(rest) / folds) for i in range(folds + 1)]
+    return rest[bounds[fold]:bounds[fold + 1]]
+
+
 def _explicit_val(train_ids: list[str], val: list[str], num_val: int) -> list[str]:
     if num_val not in (0, len(val)):
         raise SplitError(f"split: num_val={num_val} contradicts {len(val)} given val_ids")

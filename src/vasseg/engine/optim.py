@@ -54,14 +54,25 @@ def ema_decay(step: int, decay: float) -> float:
 
 
 @torch.no_grad()
-def ema_update(teacher: nn.Module, student: nn.Module, decay: float) -> None:
+def ema_update(teacher: nn.Module, student: nn.Module, decay: float, buffers: bool = False) -> None:
     """``theta_t <- decay theta_t + (1 - decay) theta_s`` on parameters, as the lineage does.
 
-    Buffers (BatchNorm running statistics) are left to the teacher's own forward passes, as in
-    the lineage, whose teacher runs in training mode.
+    With ``buffers=False`` BatchNorm running statistics are left to the teacher's own forward
+    passes, as in the lineage, whose teacher runs in training mode. ``buffers=True`` averages the
+    floating-point buffers the same way (and copies integer ones such as ``num_batches_tracked``),
+    for a teacher that runs in eval mode and so never updates its own statistics.
     """
     t_params = [p for p in teacher.parameters()]
     s_params = [p.detach() for p in student.parameters()]
     if len(t_params) != len(s_params):
         raise ValueError("EMA teacher and student have different parameter lists")
     torch._foreach_lerp_(t_params, s_params, 1.0 - decay)
+    if buffers:
+        t_bufs, s_bufs = list(teacher.buffers()), list(student.buffers())
+        if len(t_bufs) != len(s_bufs):
+            raise ValueError("EMA teacher and student have different buffer lists")
+        for t_buf, s_buf in zip(t_bufs, s_bufs):
+            if t_buf.is_floating_point():
+                t_buf.lerp_(s_buf, 1.0 - decay)
+            else:
+                t_buf.copy_(s_buf)

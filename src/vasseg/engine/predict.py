@@ -9,18 +9,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vasseg.data.intensity import normalize_intensity
 from vasseg.engine.inference import resize_probs, sliding_window_probs
 from vasseg.engine.loading import LoadedRun, load_run
 from vasseg.engine.setup import select_device
 from vasseg.io import Volume, check_label_output, read_volume, write_label_nifti
 
 log = logging.getLogger(__name__)
-
-
-def zscore(image: np.ndarray) -> np.ndarray:
-    """Per-volume z-scoring, the LA release's normalisation (idempotent on its images)."""
-    std = float(image.std())
-    return (image - image.mean()) / (std if std > 0 else 1.0)
 
 
 def preprocess(volume: Volume, loaded: LoadedRun) -> torch.Tensor:
@@ -30,11 +25,18 @@ def preprocess(volume: Volume, loaded: LoadedRun) -> torch.Tensor:
         from vasseg.data.prepared import preprocess_for_model
 
         return preprocess_for_model(volume, loaded.run_dir, exp)
-    image = torch.from_numpy(zscore(volume.image.astype(np.float32)))[None]
+    image = torch.from_numpy(np.ascontiguousarray(la_intensity(volume, exp.data.intensity)))[None]
     if exp.data.scale != 1.0:
         size = [max(1, round(s * exp.data.scale)) for s in image.shape[1:]]
         image = F.interpolate(image[None], size=size, mode="trilinear", align_corners=False)[0]
     return image
+
+
+def la_intensity(volume: Volume, mode: str) -> np.ndarray:
+    """An LA-format model's input intensities: an LA .h5 gets ``data.intensity`` exactly as in
+    training; any other file (a user's NIfTI) is z-scored over itself, the release's normalisation."""
+    is_h5 = str(volume.source).endswith((".h5", ".hdf5"))
+    return normalize_intensity(volume.image, mode if is_h5 else "zscore")
 
 
 def postprocess(probs: torch.Tensor, volume: Volume, loaded: LoadedRun) -> np.ndarray:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from vasseg.config import ConfigError, Experiment, dump_yaml, run_name
-from vasseg.data.splits import Split, make_split, write_split
+from vasseg.data.splits import Split, fold_val_ids, make_split, write_split
 from vasseg.data.volumes import VolumeSet
 from vasseg.methods import get_method
 from vasseg.methods.base import Method
@@ -90,7 +90,10 @@ def experiment_split(exp: Experiment) -> Split:
 
     root = data_root(exp)
     train_ids = read_id_list(root / exp.data.train_list)
-    return make_split(train_ids, exp.data.labeled, exp.data.num_val, exp.data.val_ids or None)
+    val_ids = exp.data.val_ids or None
+    if exp.data.folds:
+        val_ids = fold_val_ids(train_ids, exp.data.labeled, exp.data.folds, exp.data.fold)
+    return make_split(train_ids, exp.data.labeled, exp.data.num_val, val_ids)
 
 
 def load_cases(exp: Experiment, ids: list[str], progress: bool = True) -> VolumeSet:
@@ -101,7 +104,7 @@ def load_cases(exp: Experiment, ids: list[str], progress: bool = True) -> Volume
 
         check_cases_exist(root, ids)
         cases = load_la(root, ids, scale=exp.data.scale, spacing=exp.data.spacing, progress=progress,
-                        num_classes=exp.data.num_classes)
+                        num_classes=exp.data.num_classes, intensity=exp.data.intensity)
     else:  # "prepared": the output of `vasseg prepare`
         from vasseg.data.prepared import check_classes, load_prepared
 

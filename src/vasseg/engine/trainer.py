@@ -223,7 +223,7 @@ class Trainer:
             out.update(self._discriminator_step(batch, step))
         self.scaler.update()
         for teacher, student in self.method.ema_pairs():
-            ema_update(teacher, student, ema_decay(step, t.ema_decay))
+            ema_update(teacher, student, ema_decay(step, t.ema_decay), self.method.ema_buffers())
         out["lr"] = t.lr * lr_factor(t, step)
         return out
 

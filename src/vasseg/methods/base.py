@@ -17,6 +17,8 @@ clipping, checkpoints and logging. A method:
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -85,6 +87,11 @@ class Method(nn.Module):
         """``(teacher, student)`` module pairs the engine updates by EMA after every step."""
         return []
 
+    def ema_buffers(self) -> bool:
+        """True: the EMA also averages buffers (BatchNorm statistics) of the pairs, for a teacher
+        run in eval mode; False: buffers follow the teacher's own train-mode passes (the lineage)."""
+        return False
+
     def main_parameters(self) -> list[nn.Parameter]:
         """Everything the main optimizer steps: trainable parameters minus the discriminator's."""
         excluded = {id(p) for p in self.discriminator_parameters()}
@@ -133,6 +140,18 @@ def make_teacher(student: nn.Module) -> nn.Module:
     for p in teacher.parameters():
         p.requires_grad_(False)
     return teacher
+
+
+@contextmanager
+def teacher_in_mode(teacher: nn.Module, mode: str) -> Iterator[None]:
+    """Run ``teacher`` in ``mode`` ("train": the lineage's batch statistics and dropout;
+    "eval": running statistics, no dropout) and restore its previous mode afterwards."""
+    was_training = teacher.training
+    teacher.train(mode == "train")
+    try:
+        yield
+    finally:
+        teacher.train(was_training)
 
 
 def teacher_noise(x: Tensor, std: float = 0.1, clip: float = 0.2) -> Tensor:

@@ -50,12 +50,19 @@ def supervised_loss(logits: Tensor, labels: Tensor, kind: str = "dice") -> Tenso
     raise ValueError(f"unknown supervised loss {kind!r}; choose dice, ce_dice or ce")
 
 
-def softmax_mse(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
-    """Mean squared difference of the two softmaxes (the lineage's consistency loss).
+def softmax_mse(student_logits: Tensor, teacher_logits: Tensor, reduction: str = "mean") -> Tensor:
+    """Squared difference of the two softmaxes (the lineage's consistency loss).
 
-    The mean runs over every element ``(B, K, X, Y, Z)``; the teacher side carries no gradient.
+    ``"mean"`` runs over every element ``(B, K, X, Y, Z)`` (the lineage); ``"sum"`` is the squared
+    norm of each image's whole map averaged over the images (a literal reading of VAS's Eq. 5,
+    ``E_x ||f_t - f_s||^2``: ``K X Y Z`` times the mean). The teacher side carries no gradient.
     """
-    return F.mse_loss(torch.softmax(student_logits, 1), torch.softmax(teacher_logits.detach(), 1))
+    probs_s, probs_t = torch.softmax(student_logits, 1), torch.softmax(teacher_logits.detach(), 1)
+    if reduction == "mean":
+        return F.mse_loss(probs_s, probs_t)
+    if reduction == "sum":
+        return F.mse_loss(probs_s, probs_t, reduction="sum") / student_logits.shape[0]
+    raise ValueError(f"unknown consistency reduction {reduction!r}; choose mean or sum")
 
 
 def sigmoid_rampup(step: float, length: float) -> float:

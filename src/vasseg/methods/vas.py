@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from vasseg.config import ConfigError, Experiment
 from vasseg.data.batcher import Batch
 from vasseg.methods import register
-from vasseg.methods.base import Method, OptimizerSpec, make_teacher, teacher_noise
+from vasseg.methods.base import Method, OptimizerSpec, make_teacher, teacher_in_mode, teacher_noise
 from vasseg.methods.losses import sigmoid_rampup, softmax_mse, supervised_loss
 from vasseg.models.heads import (
     MultiResolutionFusion,
@@ -39,6 +39,7 @@ from vasseg.models.heads import (
     byol_loss,
     masked_mean,
     pseudo_labels,
+    reduce_voxels,
     sample_voxels,
 )
 
@@ -52,6 +53,9 @@ _CHOICES = {
     "adv_fusion": ("discriminator", "student"),
     "byol_pairs": ("same_voxel", "same_class"),
     "byol_fusion": ("own", "shared"),
+    "adv_reduction": ("sum", "mean"),
+    "consistency_reduction": ("mean", "sum"),
+    "teacher_mode": ("train", "eval"),
 }
 
 
@@ -92,6 +96,16 @@ class VASParams:
     byol_pairs: str = "same_voxel"  # BYOL pair (paper silent): same voxel | two voxels of one class
     byol_fusion: str = "own"  # BYOL's fusion (paper silent): own | shared (with adv_fusion: student)
     byol_batchnorm: bool = True  # BatchNorm1d in projector/predictor as BYOL has (paper silent)
+    # How L_adv (and D's loss) reduce over the sampled voxels: "sum" over each image's voxels,
+    # mean over images, as Eq. 2 writes it (1/N sum_n sum_f); "mean" over voxels (1/1024 of it
+    # at 512 voxels x 2 classes: alpha = 0.01 then moves the encoder ~1000x less than L_dice).
+    adv_reduction: str = "sum"
+    # L_c's reduction: "mean" over elements (the lineage's MSE; the Table IV gain of L_c, +0.17,
+    # fits its tiny weight) | "sum": each image's squared norm ||f_t - f_s||^2 (Eq. 5 literally).
+    consistency_reduction: str = "mean"
+    # Teacher forward for pseudo-labels, L_c and BYOL targets (paper silent): "train" as the
+    # lineage (batch statistics, dropout on) | "eval" (running statistics, EMA-averaged by the engine).
+    teacher_mode: str = "train"
 
 
 @register("vas")
@@ -133,6 +147,9 @@ class VAS(Method):
             pairs += [(self.teacher_fusion, self.feature_fusion), (self.teacher_projector, self.projector)]
         return pairs
 
+    def ema_buffers(self) -> bool:
+        return self.params.teacher_mode == "eval"
+
     def discriminator_parameters(self) -> list[nn.Parameter]:
         if not self.params.use_adv:
             return []
@@ -164,7 +181,7 @@ class VAS(Method):
         loss = sup
         if self.teacher is None:
             return {"loss": loss, **logs}
-        with torch.no_grad():
+        with torch.no_grad(), teacher_in_mode(self.teacher, p.teacher_mode):
             t_out = self.teacher(teacher_noise(images, p.noise_std, p.noise_clip))
         index_l = None
         if p.use_adv or p.use_feature:
@@ -184,7 +201,7 @@ class VAS(Method):
     def _consistency(self, s_logits: Tensor, t_logits: Tensor, n_l: int, step: int, logs: dict) -> Tensor:
         if self.params.consistency_on == "unlabeled":
             s_logits, t_logits = s_logits[n_l:], t_logits[n_l:]
-        cons = softmax_mse(s_logits, t_logits)
+        cons = softmax_mse(s_logits, t_logits, self.params.consistency_reduction)
         weight = self.consistency_weight(step)
         logs.update(loss_cons=cons.detach(), w_cons=weight)
         return weight * cons
@@ -197,7 +214,7 @@ class VAS(Method):
         index_u = sample_voxels(pseudo, self.num_classes, p.voxels_per_class)
         maps_l, maps_u = self._levels(enc, slice(None, n_l)), self._levels(enc, slice(n_l, None))
         logit_u = self.discriminator(self.adv_fusion(maps_u, index_u), index_u.classes)
-        gen = masked_mean(generator_loss(logit_u, p.gen_loss), index_u.mask)
+        gen = reduce_voxels(generator_loss(logit_u, p.gen_loss), index_u, p.adv_reduction)
         self._cache = _DiscCache([m.detach() for m in maps_l], index_l, [m.detach() for m in maps_u], index_u)
         logs.update(loss_adv=gen.detach(), w_adv=p.alpha, pseudo_coverage=coverage)
         logs.update(_class_counts("vox_u", index_u))
@@ -232,8 +249,9 @@ class VAS(Method):
         logit_l = self.discriminator(f_l, cache.index_l.classes)
         logit_u = self.discriminator(f_u, cache.index_u.classes)
         mask_l, mask_u = cache.index_l.mask, cache.index_u.mask
-        real = masked_mean(_bce(logit_l, 1.0), mask_l)
-        fake = masked_mean(_bce(logit_u, 0.0), mask_u)
+        reduction = self.params.adv_reduction
+        real = reduce_voxels(_bce(logit_l, 1.0), cache.index_l, reduction)
+        fake = reduce_voxels(_bce(logit_u, 0.0), cache.index_u, reduction)
         return {
             "loss_d": real + fake,
             "loss_d_real": real.detach(),

@@ -124,6 +124,20 @@ def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     return (values * mask).sum() / mask.sum().clamp(min=1.0)
 
 
+def reduce_voxels(values: Tensor, index: VoxelIndex, reduction: str) -> Tensor:
+    """Per-voxel losses ``(N,)`` of the sampled voxels of ``index`` -> one loss.
+
+    ``"mean"``: over the valid voxels; ``"sum"``: summed over each image's valid voxels, averaged
+    over the images (the paper's Eq. 2, ``1/N sum_n sum_{f_i in E(x_n)}``), so it is
+    ``voxels_per_class x classes`` times the mean.
+    """
+    if reduction == "mean":
+        return masked_mean(values, index.mask)
+    if reduction == "sum":
+        return (values * index.mask).sum() / index.flat.shape[0]
+    raise ValueError(f"unknown voxel reduction {reduction!r}; choose mean or sum")
+
+
 # ------------------------------------------------------------------------- reading feature maps
 
 
