@@ -4,12 +4,13 @@
 # the files' own intensities, data.intensity=file, on fold 2, which holds 4 of the darkest crops),
 # then the report with paired per-case tests against mean teacher.
 #   benchmarks/la_cv.sh OUT [override ...]      e.g. benchmarks/la_cv.sh runs/la_cv train.device=cpu
+# RESUME=1 benchmarks/la_cv.sh OUT ... skips the finished runs and resumes a cut one from its checkpoint.
 set -euo pipefail
 out=${1:?usage: benchmarks/la_cv.sh OUT [override ...]}; shift
 here=$(cd "$(dirname "$0")/.." && pwd)
 py=${PYTHON:-python}
-"$py" "$here/benchmarks/sweep.py" --configs "$here"/configs/la_cv/{vas,supervised,mean_teacher}_8.yaml \
+"$py" "$here/benchmarks/sweep.py" ${RESUME:+--resume} --configs "$here"/configs/la_cv/{vas,supervised,mean_teacher}_8.yaml \
     --seeds 1337 1338 1339 --folds 0 1 2 --out "$out" -- "$@"
-"$py" "$here/benchmarks/sweep.py" --configs "$here/configs/la_cv/supervised_8.yaml" --seeds 1339 --folds 2 \
+"$py" "$here/benchmarks/sweep.py" ${RESUME:+--resume} --configs "$here/configs/la_cv/supervised_8.yaml" --seeds 1339 --folds 2 \
     --out "${out%/}_intensity_file" -- data.intensity=file "$@"
 "$py" -m vasseg report "$out" --eval val_last --reference mean_teacher --out "$out/report"

@@ -100,3 +100,29 @@ def test_every_shipped_config_loads(path: Path) -> None:
         pytest.skip("base file")
     exp = load_config(path)
     assert exp.train.iterations > 0
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"intensity": "minmax"}, "data.intensity: 'minmax' is not one of file, zscore"),
+    ({"intensity": "zscore", "dataset": "prepared"}, "data.intensity: 'zscore' applies to the LA format only"),
+    ({"folds": 3, "num_val": 16}, "data.folds: k-fold validation excludes data.num_val"),
+    ({"folds": 3, "fold": 3}, "data.fold: must be in 0..2"),
+    ({"fold": 1}, "data.fold: must be in 0..0"),
+    ({"folds": -1}, "data.folds: must not be negative"),
+])
+def test_intensity_and_fold_options_are_checked(data: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        build_experiment({"data": data})
+
+
+def test_the_cross_validation_protocol_validates_each_fold_once() -> None:
+    from vasseg.engine.setup import experiment_split
+
+    ids = (REPO / ".." / "shared" / "data" / "LA" / "train.list")
+    if not ids.is_file():
+        pytest.skip("no LA train.list beside the checkout")
+    splits = [experiment_split(load_config(REPO / "configs/la_cv/vas_8.yaml", [f"data.fold={k}"]))
+              for k in range(3)]
+    assert all(s.summary() == "8 labeled, 48 unlabeled, 24 val" for s in splits)
+    assert len({i for s in splits for i in s.val}) == 72
+    assert all(set(s.val).isdisjoint(s.unlabeled) and set(s.val).isdisjoint(s.labeled) for s in splits)

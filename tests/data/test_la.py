@@ -186,3 +186,23 @@ def test_real_la_test_list_reports_all_missing_cases():
         load_la(REAL_LA, ids, progress=False, list_name="test.list")
     assert err.value.missing == ids and len(ids) == 20
     assert "20 of 20 cases listed in test.list are missing" in str(err.value)
+
+
+def test_zscore_intensity_rescales_every_volume_and_file_keeps_the_values(la_root):
+    from vasseg.data.intensity import normalize_intensity
+
+    ids = list_ids(la_root, "train")
+    as_file = load_la(la_root, ids, progress=False)
+    rescaled = load_la(la_root, ids, progress=False, intensity="zscore")
+    for a, b in zip(as_file, rescaled):
+        assert torch.equal(a.label, b.label)
+        assert float(b.image.mean()) == pytest.approx(0.0, abs=1e-5)
+        assert float(b.image.std(unbiased=False)) == pytest.approx(1.0, abs=1e-4)
+        ref = (a.image - a.image.mean()) / a.image.std(unbiased=False)
+        assert torch.allclose(b.image, ref, atol=1e-5)
+    # A dark, low-contrast crop (what the LA release holds for some scans) gets the same scale.
+    dark = 0.1 + 0.3 * as_file[0].image.numpy()
+    assert np.allclose(normalize_intensity(dark, "zscore"), rescaled[0].image.numpy(), atol=1e-4)
+    assert normalize_intensity(dark, "file") is dark
+    with pytest.raises(ValueError, match="data.intensity"):
+        normalize_intensity(dark, "minmax")

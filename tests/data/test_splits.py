@@ -73,3 +73,28 @@ def test_read_split_rejects_bad_files(tmp_path):
         read_split(extra)
     with pytest.raises(SplitError, match="cannot read split"):
         read_split(tmp_path / "absent.yaml")
+
+
+def test_folds_cover_every_non_labeled_id_once_and_stay_disjoint():
+    from vasseg.data.splits import fold_val_ids
+
+    ids = [f"id{i:02d}" for i in range(80)]
+    vals = [fold_val_ids(ids, 8, 3, k) for k in range(3)]
+    assert [len(v) for v in vals] == [24, 24, 24]
+    assert sorted(sum(vals, [])) == ids[8:]
+    for k, val in enumerate(vals):
+        s = make_split(ids, labeled=8, val_ids=val)
+        assert s.labeled == ids[:8] and s.val == val
+        assert sorted(s.unlabeled) == sorted(set(ids[8:]) - set(val))
+    assert vals[2] == ids[-24:]  # the last fold holds the old 16-case validation split
+    assert [len(fold_val_ids(IDS, 4, 3, k)) for k in range(3)] == [5, 6, 5]
+
+
+@pytest.mark.parametrize("folds, fold, problem", [
+    (1, 0, "need folds >= 2"), (3, 3, "fold 3 of 3"), (30, 0, "16 non-labeled ids cannot form 30 folds"),
+])
+def test_bad_folds(folds, fold, problem):
+    from vasseg.data.splits import fold_val_ids
+
+    with pytest.raises(SplitError, match=problem):
+        fold_val_ids(IDS, 4, folds, fold)

@@ -243,3 +243,69 @@ def test_vnet_row_feeds_only_labeled_patches_to_the_student(vas) -> None:
     trainer.method.student.register_forward_hook(lambda m, args, out: sizes.append(args[0].shape[0]))
     out = trainer.train_step()
     assert sizes == [2] and set(out) >= {"loss", "loss_sup"} and trainer.method.ema_pairs() == []
+
+
+def test_voxel_and_map_reductions_scale_as_eq_2_and_eq_5() -> None:
+    from vasseg.methods.losses import softmax_mse
+    from vasseg.models.heads import reduce_voxels, sample_voxels
+
+    labels = torch.zeros(3, 6, 6, 4, dtype=torch.long)
+    labels[:2, :3] = 1  # image 2 has no foreground: its class-1 slots are invalid
+    index = sample_voxels(labels, 2, 8)
+    values = torch.rand(index.mask.numel())
+    mean = reduce_voxels(values, index, "mean")
+    total = reduce_voxels(values, index, "sum")
+    assert float(total) == pytest.approx(float((values * index.mask).sum()) / 3)
+    assert float(total) == pytest.approx(float(mean) * 5 * 8 / 3)  # 5 valid (image, class) blocks
+    with pytest.raises(ValueError, match="voxel reduction"):
+        reduce_voxels(values, index, "max")
+    s, t = torch.randn(2, 2, 4, 4, 4), torch.randn(2, 2, 4, 4, 4)
+    assert float(softmax_mse(s, t, "sum")) == pytest.approx(float(softmax_mse(s, t)) * 2 * 64, rel=1e-5)
+
+
+def test_adv_reduction_sets_the_generator_and_discriminator_scale(vas) -> None:
+    outs = {}
+    for reduction in ("mean", "sum"):
+        seed_everything(0)
+        trainer = _trainer(vas({"adv_reduction": reduction}))
+        outs[reduction] = trainer.train_step()
+    n = SMALL["voxels_per_class"]
+    # Labeled patches hold both classes: the sum is 2 n times the mean.
+    assert float(outs["sum"]["loss_d_real"]) == pytest.approx(float(outs["mean"]["loss_d_real"]) * 2 * n, rel=1e-4)
+    # Unlabeled: n voxels per (image, pseudo-class) block present, summed per image (B_u images).
+    b_u = trainer.exp.data.unlabeled_bs
+    for key in ("loss_adv", "loss_d_fake"):
+        blocks = float(outs["sum"][key]) / float(outs["mean"][key]) * b_u / n
+        assert blocks == pytest.approx(round(blocks), abs=1e-3) and 1 <= round(blocks) <= 2 * b_u, key
+
+
+def test_eval_mode_teacher_runs_without_dropout_and_tracks_the_student_statistics(vas) -> None:
+    from vasseg.methods.base import teacher_in_mode
+
+    trainer = _trainer(vas({"teacher_mode": "eval"}))
+    method = trainer.method
+    assert method.ema_buffers() and not build_method(vas()).ema_buffers()
+    with teacher_in_mode(method.teacher, "eval"):
+        assert not any(m.training for m in method.teacher.modules())
+    assert method.teacher.training  # restored
+    before = _state(method.teacher)
+    trainer.train_step()
+    after = {k: v for k, v in method.teacher.state_dict().items()}
+    stats = [k for k in before if k.endswith("running_mean")]
+    assert stats and all(not torch.equal(before[k], after[k]) for k in stats)
+    student = method.student.state_dict()
+    # Step 0's EMA decay is 0: the teacher's statistics are the student's, exactly.
+    assert all(torch.equal(after[k], student[k]) for k in stats)
+
+
+def test_ema_of_buffers_averages_floats_and_copies_counters() -> None:
+    from vasseg.engine.optim import ema_update
+
+    student, teacher = torch.nn.BatchNorm1d(3), torch.nn.BatchNorm1d(3)
+    student.running_mean.fill_(1.0)
+    student.num_batches_tracked.fill_(7)
+    ema_update(teacher, student, 0.75)
+    assert torch.equal(teacher.running_mean, torch.zeros(3))  # the lineage: buffers untouched
+    ema_update(teacher, student, 0.75, buffers=True)
+    assert torch.allclose(teacher.running_mean, torch.full((3,), 0.25))
+    assert int(teacher.num_batches_tracked) == 7

@@ -271,3 +271,39 @@ def test_markdown_and_html_render_the_same_blocks_escaped() -> None:
     assert "| a\\|b | 1 ± 2 |" in md and "![cap](figures/f.png)" in md
     html = render_html(blocks, "t")
     assert "<h1>A &lt;b&gt;</h1>" in html and "note &amp; more" in html and 'src="figures/f.png"' in html
+
+
+def test_paired_tests_carry_the_mean_difference_and_its_bootstrap_interval() -> None:
+    from vasseg.report.stats import bootstrap_ci
+
+    rng = np.random.default_rng(3)
+    ids = [f"c{i}" for i in range(40)]
+    base = {c: float(v) for c, v in zip(ids, rng.uniform(0.5, 0.9, 40))}
+    ref = group(record("mean_teacher", 1, base))
+    mine = group(record("vas", 1, {c: v + 0.02 + 0.01 * rng.standard_normal() for c, v in base.items()}))
+    test = paired_test(mine, ref, "dice", 1)
+    diff = np.array([mine.runs[0].rows[i].values["dice"] - base[c] for i, c in enumerate(ids)])
+    assert test.mean_diff == pytest.approx(diff.mean())
+    assert test.ci_low < test.mean_diff < test.ci_high
+    # The bootstrap interval of a mean is close to the normal one, mean +- 1.96 s / sqrt(n).
+    half = 1.96 * diff.std(ddof=1) / math.sqrt(diff.size)
+    assert test.ci_low == pytest.approx(diff.mean() - half, abs=half * 0.15)
+    assert test.ci_high == pytest.approx(diff.mean() + half, abs=half * 0.15)
+    assert all(math.isnan(v) for v in bootstrap_ci(np.array([0.1])))  # one pair has no interval
+    assert bootstrap_ci(diff) == bootstrap_ci(diff)  # seeded
+
+
+def test_folds_pool_into_one_group_and_intensity_modes_split_it() -> None:
+    from vasseg.report.tables import data_note
+
+    def run(seed: int, fold: int, intensity: str) -> RunRecord:
+        exp = build_experiment({"method": {"name": "supervised"}, "train": {"seed": seed},
+                                "data": {"folds": 3, "fold": fold, "intensity": intensity}})
+        return RunRecord(Path(f"/runs/s{seed}_{intensity}"), exp, SPLIT, Path("/e/val_last"), [])
+
+    runs = [run(1337 + k, k, "zscore") for k in range(3)] + [run(1339, 2, "file")]
+    labels = sorted((g.label, len(g.runs)) for g in group_runs(runs))
+    assert labels == [("supervised (data.intensity=file)", 1), ("supervised (data.intensity=zscore)", 3)]
+    assert [g.label for g in group_runs(runs[:3])] == ["supervised"]
+    note = data_note(runs)
+    assert "re-z-scored" in note and "as the files hold them" in note and "3-fold" in note

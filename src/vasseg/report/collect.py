@@ -246,8 +246,9 @@ def group_runs(records: list[RunRecord]) -> list[Group]:
 
 
 def _variants(runs: list[RunRecord]) -> dict[str, list[RunRecord]]:
-    """Runs keyed by the ``k=v`` text of the method parameters that differ between them."""
-    params = [to_dict(r.exp)["method"] for r in runs]
+    """Runs keyed by the ``k=v`` text of the method parameters (and ``data.intensity``) that differ
+    between them."""
+    params = [{**to_dict(r.exp)["method"], "data.intensity": r.exp.data.intensity} for r in runs]
     differing = sorted(k for k in params[0] if len({json.dumps(p.get(k)) for p in params}) > 1)
     out: dict[str, list[RunRecord]] = {}
     for run, p in zip(runs, params):

@@ -138,8 +138,9 @@ def table_one(groups: list[Group], tests: list[PairedTest], ctx: EvalContext, ou
         raw += [[g.dataset, g.label, g.labeled, g.unlabeled, len(g.runs), m, "mean", c.mean, c.std, c.n,
                  c.undefined, c.over] for (m, _), c in zip(cols, cells)]
     write_csv(out / "table1.csv", RAW_HEADER, raw)
-    notes = [statistic_note(groups), ctx.split_text(), empty_rule_note([r for g in groups for r in g.runs]),
-             UNITS_NOTE, "p: paired Wilcoxon signed-rank test per case (see the Wilcoxon table)."]
+    notes = [statistic_note(groups), ctx.split_text(), data_note([r for g in groups for r in g.runs]),
+             empty_rule_note([r for g in groups for r in g.runs]), UNITS_NOTE,
+             "p: paired Wilcoxon signed-rank test per case (see the Wilcoxon table)."]
     if len({g.dataset for g in groups}) == 1 and len(groups[0].classes) > 1:
         notes.insert(0, "Several classes: every value is per case the mean over the foreground classes "
                         "whose value is defined; '(k n/a)' then counts the undefined (case, class) values "
@@ -188,7 +189,8 @@ def wilcoxon_table(groups: list[Group], tests: list[PairedTest], ctx: EvalContex
     """p-values of every method against the reference, per metric (and per class for Dice)."""
     classes = sorted({c for g in groups for c in g.classes})
     multi = len(classes) > 1
-    header = ["Method", "Labeled", "Reference", "median ΔDice (pp)", *(f"p {n}" for _, n in TEST_METRICS)]
+    header = ["Method", "Labeled", "Reference", "median ΔDice (pp)", "mean ΔDice [95% CI] (pp)",
+              *(f"p {n}" for _, n in TEST_METRICS)]
     header += [f"p Dice {groups[0].class_name(c)}" for c in classes] if multi else []
     rows = []
     for g in groups:
@@ -200,18 +202,46 @@ def wilcoxon_table(groups: list[Group], tests: list[PairedTest], ctx: EvalContex
         ref = mine[0].reference if mine else "none"
         cells = [_p_for(g, tests, ctx.reference, m, None) for m, _ in TEST_METRICS]
         cells += [_p_for(g, tests, ctx.reference, "dice", c) for c in classes] if multi else []
-        rows.append([g.label, str(g.labeled), ref, delta, *cells])
+        rows.append([g.label, str(g.labeled), ref, delta, _mean_ci(dice[0] if dice else None), *cells])
     write_csv(out / "wilcoxon.csv", ["group", "labeled", "reference", "metric", "cls", "n_pairs", "n_untied",
-                                     "median_diff", "p", "reason"],
+                                     "median_diff", "mean_diff", "ci_low", "ci_high", "p", "reason"],
               [[t.group, t.labeled, t.reference, t.metric, "mean" if t.cls is None else t.cls, t.n_pairs,
-                t.n_untied, t.median_diff, t.p, t.reason] for t in tests])
+                t.n_untied, t.median_diff, t.mean_diff, t.ci_low, t.ci_high, t.p, t.reason] for t in tests])
     notes = [f"Paired two-sided Wilcoxon signed-rank test (scipy.stats.wilcoxon, zero differences dropped) "
              f"of each method against {ctx.reference} with the same labeled count, pairing cases by id; a "
              f"case's value is its mean over the seeds of a group; pairs with an undefined value are "
              f"dropped; n = pairs used. n/a when there are no pairs, all pairs are tied, or fewer untied "
              f"pairs than the minimum, {min_pairs} ('k untied'; below 6 a two-sided p < 0.05 is unattainable). ΔDice: median per-case difference "
-             f"(method − reference) in percentage points.", ctx.split_text()]
+             f"(method − reference) in percentage points; mean ΔDice with its 95% percentile-bootstrap "
+             f"interval over the paired cases (10 000 resamples).", ctx.split_text(),
+             data_note([r for g in groups for r in g.runs])]
     return Table(f"Wilcoxon signed-rank tests against {ctx.reference}", header, rows, notes)
+
+
+def _mean_ci(test: PairedTest | None) -> str:
+    if test is None or math.isnan(test.mean_diff):
+        return "n/a"
+    if math.isnan(test.ci_low):
+        return f"{test.mean_diff * 100:+.2f}"
+    return f"{test.mean_diff * 100:+.2f} [{test.ci_low * 100:+.2f}, {test.ci_high * 100:+.2f}]"
+
+
+INTENSITY_TEXT = {"file": "as the files hold them (data.intensity: file)",
+                  "zscore": "each volume re-z-scored over itself (data.intensity: zscore)"}
+
+
+def data_note(runs: list[RunRecord]) -> str:
+    """Which intensity normalisation and validation scheme the runs used."""
+    modes = sorted({r.exp.data.intensity for r in runs})
+    text = "Intensities: " + "; ".join(INTENSITY_TEXT.get(m, m) for m in modes) + "."
+    if len(modes) > 1:
+        text += " The runs differ in this; methods are split by it."
+    folds = sorted({(r.exp.data.folds, r.exp.data.fold) for r in runs if r.exp.data.folds})
+    if folds:
+        text += (f" Validation: {folds[0][0]}-fold cross-validation over the non-labeled training ids "
+                 f"(folds used: {', '.join(str(f) for _, f in folds)}); each run is scored on its own "
+                 f"fold, so a method's cases are pooled over folds and a seed's mean is its fold's mean.")
+    return text
 
 
 def runs_table(records: list[RunRecord]) -> Table:
