@@ -59,3 +59,20 @@ def test_sweep_pairs_seeds_with_folds_and_resume_skips_finished_runs(phantom_roo
     assert again.returncode == 0 and again.stdout == ""  # both finished: nothing to run
     bad = subprocess.run([*cmd[:7], "--folds", "0", "--out", str(out)], capture_output=True, text=True)
     assert bad.returncode == 2 and "1 folds for 2 seeds" in bad.stderr
+
+
+def test_intensity_ab_pairs_cases_over_evaluations_and_lists_the_darkest(phantom_root: Path, tmp_path: Path) -> None:
+    ids = [f"phantom_{i:03d}" for i in range(6)]
+    for run, dice in (("a", [0.0, 0.5, 0.6, 0.7, 0.8, 0.9]), ("b", [0.7, 0.6, 0.7, 0.8, 0.9, 0.95])):
+        for name, part in (("val_last", slice(0, 3)), ("fold1_last", slice(3, 6))):
+            folder = tmp_path / run / "eval" / name
+            folder.mkdir(parents=True)
+            rows = "".join(f"{i},1,{d}\n" for i, d in zip(ids[part], dice[part]))
+            (folder / "cases.csv").write_text("case,cls,dice\n" + rows)
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "intensity_ab.py"), "--root", str(phantom_root),
+                           "--a", str(tmp_path / "a"), "--b", str(tmp_path / "b"), "--evals", "val_last",
+                           "fold1_last", "--dark", "2"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "6 paired cases" in out and "| A | 58.33 |" in out and "| B | 77.50 |" in out
+    assert "B - A: mean +19.17 pp" in out and "| the other 4 |" in out

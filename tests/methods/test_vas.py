@@ -309,3 +309,11 @@ def test_ema_of_buffers_averages_floats_and_copies_counters() -> None:
     ema_update(teacher, student, 0.75, buffers=True)
     assert torch.allclose(teacher.running_mean, torch.full((3,), 0.25))
     assert int(teacher.num_batches_tracked) == 7
+
+
+def test_the_student_runs_once_per_step_so_its_batch_statistics_see_one_pass(vas) -> None:
+    trainer = _trainer(vas())
+    calls = []
+    trainer.method.student.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    trainer.train_step()  # generator step, discriminator step and EMA
+    assert calls == [4]  # one pass over the 2 labeled + 2 unlabeled patches
