@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Iterable
 
 import torch
@@ -9,6 +10,7 @@ from torch import nn
 
 from vasseg.config import TrainConfig
 from vasseg.methods.base import OptimizerSpec
+from vasseg.methods.phases import Phase
 
 
 def make_optimizer(params: Iterable[nn.Parameter], spec: OptimizerSpec) -> torch.optim.Optimizer:
@@ -43,6 +45,12 @@ def lr_factor(train: TrainConfig, step: int) -> float:
     return 1.0
 
 
+def phase_lr_factor(train: TrainConfig, phase: Phase, local_step: int) -> float:
+    """:func:`lr_factor` of a training phase: its policy, over its own steps and its own length."""
+    policy = phase.lr_policy or train.lr_policy
+    return lr_factor(dataclasses.replace(train, iterations=phase.iterations, lr_policy=policy), local_step)
+
+
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -57,22 +65,17 @@ def ema_decay(step: int, decay: float) -> float:
 def ema_update(teacher: nn.Module, student: nn.Module, decay: float, buffers: bool = False) -> None:
     """``theta_t <- decay theta_t + (1 - decay) theta_s`` on parameters, as the lineage does.
 
-    With ``buffers=False`` BatchNorm running statistics are left to the teacher's own forward
-    passes, as in the lineage, whose teacher runs in training mode. ``buffers=True`` averages the
-    floating-point buffers the same way (and copies integer ones such as ``num_batches_tracked``),
-    for a teacher that runs in eval mode and so never updates its own statistics.
+    Buffers (BatchNorm running statistics) are left to the teacher's own forward passes, as in
+    the lineage, whose teacher runs in training mode; ``buffers=True`` averages the floating
+    ones too (AD-MT's update, and VAS's ``teacher_mode: eval``, whose teacher never updates its
+    own statistics; integer counters stay the teacher's).
     """
     t_params = [p for p in teacher.parameters()]
     s_params = [p.detach() for p in student.parameters()]
     if len(t_params) != len(s_params):
         raise ValueError("EMA teacher and student have different parameter lists")
-    torch._foreach_lerp_(t_params, s_params, 1.0 - decay)
     if buffers:
-        t_bufs, s_bufs = list(teacher.buffers()), list(student.buffers())
-        if len(t_bufs) != len(s_bufs):
-            raise ValueError("EMA teacher and student have different buffer lists")
-        for t_buf, s_buf in zip(t_bufs, s_bufs):
-            if t_buf.is_floating_point():
-                t_buf.lerp_(s_buf, 1.0 - decay)
-            else:
-                t_buf.copy_(s_buf)
+        pairs = [(t, s) for t, s in zip(teacher.buffers(), student.buffers()) if t.is_floating_point()]
+        t_params += [t for t, _ in pairs]
+        s_params += [s for _, s in pairs]
+    torch._foreach_lerp_(t_params, s_params, 1.0 - decay)

@@ -2,7 +2,9 @@
 
 The trainer owns: device and AMP, optimizers and learning-rate policies, the two-stream batches,
 gradient clipping, the generator/discriminator ordering, EMA teachers, buffered logging with the
-non-finite guard, periodic validation, and atomic checkpoints with exact resume.
+non-finite guard, periodic validation, and atomic checkpoints with exact resume. It also runs a
+method's training phases (:mod:`vasseg.methods.phases`) back to back, with the hand-over at each
+phase's first step, in this one loop.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from vasseg.config import Experiment, to_dict
 from vasseg.data.batcher import Batch, TwoStreamBatcher
 from vasseg.engine import distributed
 from vasseg.engine.checkpoint import (
+    CheckpointError,
     latest_checkpoint,
     load_checkpoint,
     prune_checkpoints,
@@ -31,10 +34,11 @@ from vasseg.engine.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from vasseg.engine.optim import ema_decay, ema_update, lr_factor, main_spec, make_optimizer, set_lr
+from vasseg.engine.optim import ema_decay, ema_update, main_spec, make_optimizer, phase_lr_factor, set_lr
 from vasseg.engine.scalars import NonFiniteError, ScalarLog
 from vasseg.engine.setup import DataBundle, autocast_dtype, use_channels_last
 from vasseg.methods.base import Method
+from vasseg.methods.phases import PhaseAt, check_phases, locate
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +66,8 @@ class Trainer:
         self.amp_dtype = autocast_dtype(exp, device)
         self.channels_last = use_channels_last(exp, device)
         self._place_method()
+        self.phases = method.phases()
+        check_phases(self.phases, exp.train.iterations, method.name)
         if world_size > 1 and exp.train.sync_bn:
             if device.type != "cuda":
                 raise ValueError("train.sync_bn: SyncBatchNorm needs CUDA devices (PyTorch has no CPU version)")
@@ -113,6 +119,7 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         return {
             "step": self.step,
+            "phase": self._phase_record(),
             "method": self.method.state_dict(),
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
             "scaler": self.scaler.state_dict(),
@@ -145,11 +152,46 @@ class Trainer:
         self.batcher.load_state_dict(state["batcher"])
         set_rng_state(state["rng"])
         self.step = int(state["step"])
+        self._check_phase(state.get("phase"), path)
         self.best = dict(state["best"])
         self.nonfinite_skips = int(state.get("nonfinite_skips", 0))
         self.scalars.truncate_after(self.step)
         log.info("resumed from %s at step %d", path, self.step)
         return True
+
+    def _phase_record(self) -> dict[str, Any]:
+        """The phase of the next step and its step count in it (0: its hand-over is still to come)."""
+        at = locate(self.phases, self.step)
+        return {"index": at.index, "name": at.phase.name, "step": at.local(self.step)}
+
+    def _check_phase(self, saved: dict[str, Any] | None, path: Path) -> None:
+        if saved is None:  # checkpoints written before phases existed: one-phase runs
+            return
+        now = self._phase_record()
+        if dict(saved) != now:
+            raise CheckpointError(
+                f"{path}: saved in phase {saved['name']!r} (its step {saved['step']}), but method "
+                f"{self.method.name!r} now puts step {self.step} in phase {now['name']!r} (its step "
+                f"{now['step']}); its phases changed since the run started"
+            )
+
+    # -- phases -------------------------------------------------------------------------------
+
+    def _start_phase(self, at: PhaseAt) -> None:
+        """The hand-over at a phase's first step (the first phase's too, at step 0)."""
+        log.info("step %d: phase %r starts (%d iterations)", self.step, at.phase.name, at.phase.iterations)
+        self.method.on_phase_start(at.phase)
+        if at.phase.fresh_optimizer:
+            self.optimizers = self._build_optimizers()
+        if at.start > 0:  # best.pt is chosen within the phase that ends training
+            self.best = {"val_dice": -math.inf, "step": -1}
+
+    def ema_plan(self, step: int) -> list[tuple[nn.Module, nn.Module, float]]:
+        """``(teacher, student, decay)`` averaged after ``step``: the method's, at its phase's decay."""
+        t = self.exp.train
+        at = locate(self.phases, step)
+        decay = ema_decay(at.local(step), t.ema_decay) if at.phase.ema_warmup else t.ema_decay
+        return self.method.ema_updates(step, decay)
 
     # -- one step -----------------------------------------------------------------------------
 
@@ -211,7 +253,11 @@ class Trainer:
         """One generator (+ discriminator) step and the EMA update; returns device scalars."""
         t = self.exp.train
         step = self.step
-        set_lr(self.optimizers["main"], t.lr * lr_factor(t, step))
+        at = locate(self.phases, step)
+        if at.local(step) == 0:
+            self._start_phase(at)
+        lr = t.lr * phase_lr_factor(t, at.phase, at.local(step))
+        set_lr(self.optimizers["main"], lr)
         batch = self._next_batch()
         with self._autocast():
             out = self.model(batch, step, "main")
@@ -222,9 +268,12 @@ class Trainer:
         if "disc" in self.optimizers:
             out.update(self._discriminator_step(batch, step))
         self.scaler.update()
-        for teacher, student in self.method.ema_pairs():
-            ema_update(teacher, student, ema_decay(step, t.ema_decay), self.method.ema_buffers())
-        out["lr"] = t.lr * lr_factor(t, step)
+        for teacher, student, decay in self.ema_plan(step):
+            ema_update(teacher, student, decay, buffers=self.method.ema_buffers)
+        self.method.after_step(step)
+        out["lr"] = lr
+        if len(self.phases) > 1:
+            out["phase"] = at.index
         return out
 
     def _discriminator_step(self, batch: Batch, step: int) -> dict[str, Any]:

@@ -11,7 +11,10 @@ clipping, checkpoints and logging. A method:
   :meth:`discriminator_optimizer` and returns ``loss_d`` from :meth:`discriminator_step`,
   which the engine calls after the generator step, with the discriminator frozen during the
   generator step;
-* declares its EMA pairs through :meth:`ema_pairs`; the engine updates them after each step.
+* declares its EMA pairs through :meth:`ema_pairs`; the engine updates them after each step
+  (a method that schedules its teachers itself overrides :meth:`ema_updates`);
+* may declare training phases (:meth:`phases`, see :mod:`vasseg.methods.phases`); the engine
+  calls :meth:`on_phase_start` at each phase's first step.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from torch import Tensor, nn
 
 from vasseg.config import Experiment
 from vasseg.data.batcher import Batch
+from vasseg.methods.phases import Phase, PhaseAt, locate
 from vasseg.models.vnet import VNet
 
 
@@ -53,6 +57,7 @@ class Method(nn.Module):
     Params: ClassVar[type] = NoParams
     uses_unlabeled: ClassVar[bool] = True  # False: the engine draws labeled batches only
     output_kind: ClassVar[str] = "softmax"  # how predict() turns logits into probabilities
+    ema_buffers: ClassVar[bool] = False  # the engine's EMA also averages floating buffers (BN statistics)
 
     def __init__(self, exp: Experiment) -> None:
         super().__init__()
@@ -87,10 +92,25 @@ class Method(nn.Module):
         """``(teacher, student)`` module pairs the engine updates by EMA after every step."""
         return []
 
-    def ema_buffers(self) -> bool:
-        """True: the EMA also averages buffers (BatchNorm statistics) of the pairs, for a teacher
-        run in eval mode; False: buffers follow the teacher's own train-mode passes (the lineage)."""
-        return False
+    def ema_updates(self, step: int, decay: float) -> list[tuple[nn.Module, nn.Module, float]]:
+        """``(teacher, student, decay)`` the engine averages after ``step``; ``decay`` is the engine's."""
+        return [(teacher, student, decay) for teacher, student in self.ema_pairs()]
+
+    def after_step(self, step: int) -> None:
+        """Post-optimizer work after the EMA (state it changes must be in ``state_dict``)."""
+
+    # -- phases -------------------------------------------------------------------------------
+
+    def phases(self) -> list[Phase]:
+        """The training stages in order; their iterations sum to ``train.iterations``."""
+        return [Phase("train", self.exp.train.iterations)]
+
+    def phase_at(self, step: int) -> PhaseAt:
+        """The phase global ``step`` belongs to (a pure function of the step)."""
+        return locate(self.phases(), step)
+
+    def on_phase_start(self, phase: Phase) -> None:
+        """Hand-over work at ``phase``'s first step, before its first :meth:`training_step`."""
 
     def main_parameters(self) -> list[nn.Parameter]:
         """Everything the main optimizer steps: trainable parameters minus the discriminator's."""

@@ -148,7 +148,8 @@ class VAS(Method):
             pairs += [(self.teacher_fusion, self.feature_fusion), (self.teacher_projector, self.projector)]
         return pairs
 
-    def ema_buffers(self) -> bool:
+    @property
+    def ema_buffers(self) -> bool:  # type: ignore[override]  # per run, from teacher_mode
         return self.params.teacher_mode == "eval"
 
     def discriminator_parameters(self) -> list[nn.Parameter]:
