@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 
 import pytest
@@ -126,3 +127,85 @@ def test_the_cross_validation_protocol_validates_each_fold_once() -> None:
     assert all(s.summary() == "8 labeled, 48 unlabeled, 24 val" for s in splits)
     assert len({i for s in splits for i in s.val}) == 72
     assert all(set(s.val).isdisjoint(s.unlabeled) and set(s.val).isdisjoint(s.labeled) for s in splits)
+
+
+# ------------------------------------------------------------------------------ loader failures
+
+
+def test_a_base_chain_that_loops_names_its_files(tmp_path: Path) -> None:
+    a, b, me = tmp_path / "a.yaml", tmp_path / "b.yaml", tmp_path / "me.yaml"
+    a.write_text("base: b.yaml\ntrain:\n  lr: 0.1\n")
+    b.write_text("base: ./a.yaml\n")
+    me.write_text("base: me.yaml\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(a)
+    assert str(err.value) == f"{a}: the base: chain loops ({a} -> {b} -> {a})"
+    with pytest.raises(ConfigError) as err:
+        load_config(me)
+    assert str(err.value) == f"{me}: the base: chain loops ({me} -> {me})"
+
+
+def test_a_shared_base_is_not_a_loop(tmp_path: Path) -> None:
+    (tmp_path / "root.yaml").write_text("train:\n  iterations: 9\n")
+    (tmp_path / "mid.yaml").write_text("base: root.yaml\ntrain:\n  lr: 0.2\n")
+    (tmp_path / "leaf.yaml").write_text("base: mid.yaml\n")
+    exp = load_config(tmp_path / "leaf.yaml")
+    assert (exp.train.iterations, exp.train.lr) == (9, 0.2)
+
+
+def test_a_config_that_is_not_utf8_names_the_file(tmp_path: Path) -> None:
+    base = tmp_path / "latin1.yaml"
+    base.write_bytes("train:\n  lr: 0.1  # caf\u00e9\n".encode("latin-1"))
+    child = tmp_path / "child.yaml"
+    child.write_text("base: latin1.yaml\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(child)
+    assert str(err.value) == f"{base}: config is not UTF-8 text (byte 0xe9 at offset 23); save it as UTF-8"
+
+
+def _float_options() -> list[tuple[str, str, int]]:
+    """(method name, dotted key, tuple length or 0) of every float option, methods' included."""
+    from vasseg.config import SECTIONS, method_params_class
+    from vasseg.methods import available_methods
+
+    def floats(cls: type, prefix: str) -> list[tuple[str, int]]:
+        out = []
+        for name, hint in typing.get_type_hints(cls).items():
+            args = [a for a in typing.get_args(hint) if a is not type(None)]
+            if hint is float or args == [float]:
+                out.append((f"{prefix}.{name}", 0))
+            elif typing.get_origin(hint) is tuple and args and set(args) == {float}:
+                out.append((f"{prefix}.{name}", len(args)))
+        return out
+
+    options = [("supervised", key, n) for sec, cls in SECTIONS.items() for key, n in floats(cls, sec)]
+    for method in available_methods():
+        options += [(method, key, n) for key, n in floats(method_params_class(method), "method")]
+    return options
+
+
+FLOAT_OPTIONS = _float_options()
+
+
+@pytest.mark.parametrize("method, key, n", FLOAT_OPTIONS, ids=[f"{m}:{k}" for m, k, _ in FLOAT_OPTIONS])
+def test_every_float_option_takes_scientific_notation(method: str, key: str, n: int) -> None:
+    """YAML 1.1 reads ``1e-3`` as a string; 0.5 written three ways must load as 0.5 everywhere."""
+    for text in ("5e-1", "5E-1", "0.05e1"):
+        value = f"[{', '.join([text] * n)}]" if n else text
+        exp = load_config(None, [f"method.name={method}", f"{key}={value}"])
+        section, name = key.split(".")
+        got = getattr(exp.method.params if section == "method" else getattr(exp, section), name)
+        assert got == ((0.5,) * n if n else 0.5), (key, text)
+
+
+def test_scientific_notation_in_a_yaml_file(tmp_path: Path) -> None:
+    (tmp_path / "exp.yaml").write_text("train:\n  lr: 1e-3\n  weight_decay: 1E-4\n  poly_power: 2e2\n"
+                                       "method:\n  name: vas\n  disc_lr: 2e-4\n  disc_betas: [5e-1, 9.99e-1]\n")
+    exp = load_config(tmp_path / "exp.yaml")
+    assert (exp.train.lr, exp.train.weight_decay, exp.train.poly_power) == (1e-3, 1e-4, 200.0)
+    assert exp.method.params.disc_lr == 2e-4 and exp.method.params.disc_betas == (0.5, 0.999)
+    with pytest.raises(ConfigError, match="train.iterations: expected an integer, got '6e3'"):
+        load_config(tmp_path / "exp.yaml", ["train.iterations=6e3"])  # integers stay integers
+    with pytest.raises(ConfigError, match="run.name: expected a string, got 1.5"):
+        load_config(None, ["run.name=1.5"])
+    assert load_config(None, ["run.name=1e3"]).run.name == "1e3"  # a string option keeps its text

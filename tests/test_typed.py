@@ -42,3 +42,16 @@ def test_errors_name_the_full_key_path(values: dict, message: str) -> None:
     with pytest.raises(ConfigError) as exc:
         build_dataclass(Outer, values, "x")
     assert str(exc.value) == message
+
+
+@pytest.mark.parametrize("text, value", [("1e-3", 1e-3), ("1E-4", 1e-4), ("2e2", 200.0), ("-1.5e-2", -0.015),
+                                         ("+.5e1", 5.0), ("3.e0", 3.0)])
+def test_scientific_notation_is_a_number(text: str, value: float) -> None:
+    assert build_dataclass(Inner, {"scale": text}, "x").scale == value
+    assert build_dataclass(Outer, {"inner": {"scale": text}}, "x").inner.scale == value
+
+
+@pytest.mark.parametrize("text", ["e3", "1e", "1e-", "1.5", "inf", "nan", "1e3x", "0x10"])
+def test_other_strings_are_still_not_numbers(text: str) -> None:
+    with pytest.raises(ConfigError, match=r"x.scale: expected a number"):
+        build_dataclass(Inner, {"scale": text}, "x")

@@ -252,23 +252,39 @@ def check_experiment(exp: Experiment) -> None:
 # ----------------------------------------------------------------------------- YAML and overrides
 
 
-def read_yaml(path: Path) -> dict[str, Any]:
-    """Read one YAML mapping, following ``base:`` chains (paths relative to the including file)."""
+def read_yaml(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read one YAML mapping, following ``base:`` chains (paths relative to the including file).
+
+    ``_chain`` holds the files that led here, so that a loop (a -> b -> a, or a file naming
+    itself) is reported with its files instead of recursing until Python gives up.
+    """
+    if path in _chain:
+        loop = " -> ".join(str(p) for p in (*_chain[_chain.index(path):], path))
+        raise ConfigError(f"{_chain[0]}: the base: chain loops ({loop})")
+    data = _parse_yaml_file(path)
+    base = data.pop("base", None)
+    data = resolve_data_root(data, path.parent)  # relative to the file that sets it
+    if base is None:
+        return data
+    return merge(read_yaml((path.parent / str(base)).resolve(), (*_chain, path)), data)
+
+
+def _parse_yaml_file(path: Path) -> dict[str, Any]:
+    """The top-level mapping of one YAML file; every failure names the file."""
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: config is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at "
+                          f"offset {exc.start}); save it as UTF-8") from None
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
-    base = data.pop("base", None)
-    data = resolve_data_root(data, path.parent)  # relative to the file that sets it
-    if base is None:
-        return data
-    return merge(read_yaml((path.parent / str(base)).resolve()), data)
+    return data
 
 
 def merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:

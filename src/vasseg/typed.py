@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from typing import Any, Mapping
@@ -16,12 +17,18 @@ class ConfigError(ValueError):
     """A configuration problem; the message names the key path or file."""
 
 
+# PyYAML implements YAML 1.1, whose floats need a dot and a signed exponent: it reads 1e-3, 1E-4
+# and 2e2 as strings (YAML 1.2 and every user read them as numbers). Float options accept them.
+SCIENTIFIC = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+")
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
 def coerce(value: Any, tp: Any, path: str) -> Any:
-    """Check ``value`` against the annotation ``tp`` (converting lists to tuples, ints to floats)."""
+    """Check ``value`` against the annotation ``tp`` (converting lists to tuples, ints to floats,
+    and scientific notation such as ``'1e-3'``, which YAML 1.1 leaves a string, to floats)."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if tp is Any:
@@ -58,6 +65,8 @@ def coerce(value: Any, tp: Any, path: str) -> Any:
         raise ConfigError(f"{path}: expected an integer, got {value!r}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str) and SCIENTIFIC.fullmatch(value.strip()):
             return float(value)
         raise ConfigError(f"{path}: expected a number, got {value!r}")
     if tp is str:

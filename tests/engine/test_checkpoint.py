@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import errno
+import math
 import os
+import pickle
 import random
 import subprocess
 import sys
@@ -16,6 +18,7 @@ import pytest
 import torch
 
 from vasseg import atomic
+from vasseg.config import build_experiment, to_dict
 from vasseg.engine.checkpoint import (
     CheckpointError,
     latest_checkpoint,
@@ -24,11 +27,15 @@ from vasseg.engine.checkpoint import (
     rng_state,
     save_checkpoint,
     set_rng_state,
+    validate_checkpoint,
 )
 
 
 def _state(step: int) -> dict[str, Any]:
-    return {"step": step, "method": {"w": torch.full((64, 64), float(step))}}
+    """A checkpoint state with every entry :func:`validate_checkpoint` requires."""
+    return {"step": step, "method": {"w": torch.full((64, 64), float(step))}, "config": to_dict(build_experiment({})),
+            "optimizers": {"main": {"state": {}, "param_groups": []}}, "scaler": {}, "batcher": {},
+            "rng": {"torch": torch.get_rng_state()}, "best": {"val_dice": -math.inf, "step": -1}}
 
 
 def _files(folder: Path) -> list[str]:
@@ -114,12 +121,12 @@ def test_fsync_failure_is_a_checkpoint_error(tmp_path: Path, monkeypatch) -> Non
 
 def test_a_kill_mid_write_never_exposes_a_partial_file(tmp_path: Path) -> None:
     """SIGKILL between writing the temp file and renaming it (no Python cleanup can run)."""
+    save_checkpoint(tmp_path, "step_000001.pt", _state(1))
     script = textwrap.dedent(f"""
         import os, signal, torch
         from pathlib import Path
         from vasseg.engine import checkpoint as ckpt
         folder = Path({str(tmp_path)!r})
-        ckpt.save_checkpoint(folder, "step_000001.pt", {{"step": 1, "method": {{}}}})
         os.fsync = lambda fd: os.kill(os.getpid(), signal.SIGKILL)
         ckpt.save_checkpoint(folder, "step_000002.pt", {{"step": 2, "method": {{"w": torch.ones(99)}}}})
     """)
@@ -200,8 +207,80 @@ def test_rng_states_survive_a_checkpoint(tmp_path: Path) -> None:
     np.random.seed(2)
     torch.manual_seed(3)
     np.random.normal()  # leaves a cached Gaussian in NumPy's legacy state
-    path = save_checkpoint(tmp_path, "step_000001.pt", {"method": {}, "rng": rng_state()})
+    path = save_checkpoint(tmp_path, "step_000001.pt", _state(1) | {"rng": rng_state()})
     draws = (random.random(), np.random.normal(), np.random.rand(), torch.rand(3))
     set_rng_state(load_checkpoint(path)["rng"])
     again = (random.random(), np.random.normal(), np.random.rand(), torch.rand(3))
     assert draws[:3] == again[:3] and torch.equal(draws[3], again[3])
+
+
+# ------------------------------------------------------------------------------ structure
+
+
+@pytest.mark.parametrize("change, problem", [
+    ({"step": None}, "entry 'step' is missing (expected a non-negative integer)"),
+    ({"step": "5"}, "entry 'step' is '5' (str), not a non-negative integer"),
+    ({"step": -1}, "entry 'step' is -1 (int), not a non-negative integer"),
+    ({"step": True}, "entry 'step' is True (bool), not a non-negative integer"),
+    ({"method": [1, 2]}, "entry 'method' is [1, 2] (list), not a mapping of parameter names to tensors"),
+    ({"method": {"w": 3.0}}, "entry 'method' is {'w': 3.0} (dict), not a mapping of parameter names to tensors"),
+    ({"config": None}, "entry 'config' is missing (expected a mapping (the experiment's configuration))"),
+    ({"config": "x"}, "entry 'config' is 'x' (str), not a mapping (the experiment's configuration)"),
+    ({"config": {"train": {"lr": "fast"}}},
+     "entry 'config' is not a valid experiment (train.lr: expected a number, got 'fast')"),
+    ({"optimizers": {"disc": {"state": {}, "param_groups": []}}},
+     "entry 'optimizers' is a dict value, not a mapping of optimizer states including 'main'"),
+    ({"optimizers": {"main": []}}, "entry 'optimizers' is {'main': []} (dict), not a mapping of optimizer states"),
+    ({"rng": {}}, "entry 'rng' is {} (dict), not a mapping holding the 'torch' generator state"),
+    ({"best": {"val_dice": 0.5}}, "entry 'best' is {'val_dice': 0.5} (dict), not a mapping with 'val_dice' and 'step'"),
+    ({"batcher": None}, "entry 'batcher' is missing"),
+    ({"scaler": 0}, "entry 'scaler' is 0 (int), not a mapping"),
+    ({"nonfinite_skips": 1.5}, "entry 'nonfinite_skips' is 1.5 (float), not a non-negative integer"),
+])
+def test_a_checkpoint_with_a_bad_entry_is_one_line_naming_file_and_entry(change: dict, problem: str,
+                                                                         tmp_path: Path) -> None:
+    state = _state(3) | change
+    state = {k: v for k, v in state.items() if v is not None}
+    path = tmp_path / "step_000003.pt"
+    torch.save(state, path)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    assert str(err.value).startswith(f"{path}: invalid checkpoint: {problem}")
+    assert "\n" not in str(err.value)
+
+
+def test_validate_checkpoint_is_public_and_returns_the_state(tmp_path: Path) -> None:
+    state = _state(1)
+    assert validate_checkpoint(state, tmp_path / "x.pt") is state
+    with pytest.raises(CheckpointError, match=r"^nowhere.pt: not a vasseg checkpoint \(a list, not a mapping\)$"):
+        validate_checkpoint([1], Path("nowhere.pt"))
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_a_raw_pickle_is_refused_in_one_line_without_warnings(protocol: int, tmp_path: Path, recwarn) -> None:
+    marker = tmp_path / "pwned"
+    path = tmp_path / "raw.pt"
+    path.write_bytes(pickle.dumps({"step": 1, "method": {"w": torch.ones(2)}, "x": _Evil(marker)}, protocol=protocol))
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    assert str(err.value) == (f"{path}: refused to load: a raw pickle, not a torch.save checkpoint; it was not "
+                              f"unpickled (only torch.save files of plain tensors and containers are accepted)")
+    assert not marker.exists()
+    assert [str(w.message) for w in recwarn] == []
+
+
+def test_a_torch_archive_with_a_newer_pickle_protocol_is_refused_without_warnings(tmp_path: Path, recwarn) -> None:
+    """torch's safe unpickler lacks protocol 4's instructions: refused, not called pickled code."""
+    path = tmp_path / "p4.pt"
+    torch.save(_state(2), path, pickle_protocol=4)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    assert str(err.value).startswith(f"{path}: refused to load: its pickle uses an instruction (opcode ")
+    assert str(err.value).endswith("that torch's safe loader does not accept; nothing was executed")
+    assert [str(w.message) for w in recwarn] == []
+
+
+def test_the_legacy_torch_format_is_not_taken_for_a_raw_pickle(tmp_path: Path) -> None:
+    path = tmp_path / "legacy.pt"
+    torch.save(_state(4), path, _use_new_zipfile_serialization=False)
+    assert load_checkpoint(path)["step"] == 4

@@ -14,15 +14,18 @@ from __future__ import annotations
 
 import io
 import logging
+import pickle
 import random
 import re
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from vasseg.atomic import atomic_write_bytes
+from vasseg.config import ConfigError, build_experiment
 
 log = logging.getLogger(__name__)
 
@@ -140,19 +143,125 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint safely (``weights_only=True``); refuse anything that is not plain data."""
+    """Load a checkpoint safely (``weights_only=True``) and check its structure.
+
+    Refused with a one-line `CheckpointError` naming the file: anything that is not a
+    ``torch.save`` archive (a raw pickle is never unpickled), pickled code, and a state that
+    `validate_checkpoint` rejects.
+    """
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
+    if _is_raw_pickle(path):
+        raise CheckpointError(
+            f"{path}: refused to load: a raw pickle, not a torch.save checkpoint; it was not "
+            f"unpickled (only torch.save files of plain tensors and containers are accepted)"
+        )
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns about the pickle protocol of crafted files before refusing them.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises several types for unsafe/corrupt files
         raise _load_error(path, exc) from None
-    if not isinstance(state, dict) or "method" not in state:
+    return validate_checkpoint(state, path)
+
+
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since torch 1.6
+LEGACY_MAGIC = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)  # opens torch's pre-1.6 format
+
+
+def _is_raw_pickle(path: Path) -> bool:
+    """A file that is a pickle stream but neither a torch zip archive nor torch's legacy format.
+
+    torch would hand it to its restricted unpickler (with warnings about the protocol); it is
+    refused before that, by its first bytes.
+    """
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(len(LEGACY_MAGIC))
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read checkpoint ({exc.strerror or exc})") from None
+    return head[:1] == b"\x80" and head != LEGACY_MAGIC and not head.startswith(ZIP_MAGIC)
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_mapping(value: Any) -> bool:
+    return isinstance(value, dict)
+
+
+def _is_weights(value: Any) -> bool:
+    return _is_mapping(value) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
+
+
+def _is_optimizers(value: Any) -> bool:
+    return _is_mapping(value) and "main" in value and all(
+        _is_mapping(o) and _is_mapping(o.get("state")) and isinstance(o.get("param_groups"), list)
+        for o in value.values())
+
+
+def _is_rng(value: Any) -> bool:
+    return _is_mapping(value) and isinstance(value.get("torch"), torch.Tensor)
+
+
+def _is_best(value: Any) -> bool:
+    return _is_mapping(value) and isinstance(value.get("val_dice"), (int, float)) and isinstance(value.get("step"), int)
+
+
+# Every entry Trainer.state_dict writes: (what it must be, its check). The optional ones are read
+# with a default (``nonfinite_skips``) or only recorded (``world_size``).
+REQUIRED_ENTRIES: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "step": ("a non-negative integer", _is_count),
+    "method": ("a mapping of parameter names to tensors", _is_weights),
+    "config": ("a mapping (the experiment's configuration)", _is_mapping),
+    "optimizers": ("a mapping of optimizer states including 'main'", _is_optimizers),
+    "scaler": ("a mapping (the gradient scaler's state)", _is_mapping),
+    "batcher": ("a mapping (the sampler's state)", _is_mapping),
+    "rng": ("a mapping holding the 'torch' generator state", _is_rng),
+    "best": ("a mapping with 'val_dice' and 'step'", _is_best),
+}
+OPTIONAL_ENTRIES: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "nonfinite_skips": ("a non-negative integer", _is_count),
+    "world_size": ("a non-negative integer", _is_count),
+}
+
+
+def validate_checkpoint(state: Any, path: Path) -> dict[str, Any]:
+    """Check the whole structure of a loaded checkpoint once, for every reader; returns ``state``.
+
+    Evaluation, prediction and resume index into the state without further checks, so each
+    entry a vasseg checkpoint holds is checked here: present (unless optional), of the right
+    kind, and a ``config`` that builds a valid experiment. A failure is one `CheckpointError`
+    line naming ``path`` and the entry.
+    """
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: not a vasseg checkpoint (a {type(state).__name__}, not a mapping)")
+    if "method" not in state:
         raise CheckpointError(f"{path}: not a vasseg checkpoint (no 'method' weights)")
+    for key, (kind, _) in REQUIRED_ENTRIES.items():
+        if key not in state:
+            raise CheckpointError(f"{path}: invalid checkpoint: entry '{key}' is missing (expected {kind})")
+    for key, (kind, ok) in (REQUIRED_ENTRIES | OPTIONAL_ENTRIES).items():
+        if key in state and not ok(state[key]):
+            raise CheckpointError(f"{path}: invalid checkpoint: entry '{key}' is {_describe(state[key])}, "
+                                  f"not {kind}")
+    try:
+        build_experiment(state["config"])
+    except ConfigError as exc:
+        raise CheckpointError(f"{path}: invalid checkpoint: entry 'config' is not a valid experiment ({exc})") from None
     return state
 
 
+def _describe(value: Any) -> str:
+    """How an error message shows a wrong entry: its value when short, else its type."""
+    text = repr(value)
+    return f"{text} ({type(value).__name__})" if len(text) <= 40 else f"a {type(value).__name__} value"
+
+
 UNSAFE_GLOBAL = re.compile(r"GLOBAL ([\w.]+)", re.IGNORECASE)
+UNSUPPORTED_OPCODE = re.compile(r"Unsupported operand (\d+)")
 
 
 def _load_error(path: Path, exc: Exception) -> CheckpointError:
@@ -162,6 +271,9 @@ def _load_error(path: Path, exc: Exception) -> CheckpointError:
     advice is deliberately not passed on: it is exactly what would run the embedded code.
     """
     text = " ".join(str(exc).split())
+    if opcode := UNSUPPORTED_OPCODE.search(text):
+        return CheckpointError(f"{path}: refused to load: its pickle uses an instruction (opcode "
+                               f"{opcode.group(1)}) that torch's safe loader does not accept; nothing was executed")
     if "weights only" in text.lower() or "weights_only" in text or "unsupported global" in text.lower():
         found = UNSAFE_GLOBAL.search(text)
         what = f" ({found.group(1)})" if found else ""

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from vasseg.config import ConfigError, Experiment, build_experiment, load_config, to_dict
+from vasseg.config import ConfigError, Experiment, load_config, to_dict
 from vasseg.engine.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
 from vasseg.engine.setup import build_method
 from vasseg.methods.base import Method
@@ -77,11 +77,7 @@ def load_run(target: str | Path, which: str = "last", device: str | torch.device
         raise ConfigError(f"{config}: missing; cannot rebuild the network of {ckpt}")
     exp = load_config(config, overrides)
     state = load_checkpoint(ckpt, map_location="cpu")
-    saved = state.get("config")
-    if not isinstance(saved, dict):
-        raise CheckpointError(f"{ckpt}: checkpoint has no config record")
-    check_architecture(saved, to_dict(exp), ckpt)
-    build_experiment(saved)  # the saved config must itself be valid
+    check_architecture(state["config"], to_dict(exp), ckpt)  # load_checkpoint validated the whole state
     method = build_method(exp)
     try:
         method.load_state_dict(state["method"])
