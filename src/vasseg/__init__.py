@@ -1,3 +1,27 @@
-"""vasseg: semi-supervised 3D medical image segmentation (VAS and the baselines it beats)."""
+"""vasseg: semi-supervised 3D medical image segmentation (VAS and the baselines it beats).
+
+::
+
+    import vasseg
+    model = vasseg.load_model("runs/<run>")      # a run folder, a checkpoint or a .safetensors model file
+    labels = model.predict("case.nii.gz")         # (X, Y, Z) label map on the image's grid
+
+``load_model`` and ``Model`` are imported on first use, so ``import vasseg`` (and the CLI's start)
+stays free of torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
 
 __version__ = "0.1.0"
+
+__all__ = ["Model", "__version__", "load_model"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("Model", "load_model"):
+        from vasseg import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'vasseg' has no attribute {name!r}")

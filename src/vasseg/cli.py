@@ -1,4 +1,4 @@
-"""Command line: ``vasseg demo | train | evaluate | predict | methods``.
+"""Command line: ``vasseg demo | train | evaluate | predict | export | methods``.
 
 Errors at the boundary (bad config, missing file, bad data, unsafe checkpoint) print one line
 naming the problem and exit with status 2; ``--debug`` shows the traceback instead.
@@ -14,13 +14,21 @@ from typing import Callable, Sequence
 log = logging.getLogger("vasseg")
 
 
+DEVICE_HELP = "auto (CUDA when available, default), cpu, cuda or cuda:N"
+CHECKPOINT_HELP = "for a run folder: last (default) or best (validation-selected)"
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
     p.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from vasseg import __version__
+
     parser = argparse.ArgumentParser(prog="vasseg", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"vasseg {__version__}",
+                        help="print the version of vasseg and exit")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train an experiment from a YAML config")
@@ -33,25 +41,45 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
 
     p = sub.add_parser("evaluate", help="score a trained run on a split (per-case CSV + summary table)")
-    p.add_argument("run", help="run folder or checkpoint file")
+    p.add_argument("run", help="run folder, checkpoint file or exported model file (.safetensors)")
     p.add_argument("--split", default="val", help="val (default), test, labeled, unlabeled or an id-list file")
     p.add_argument("--data-root", help="dataset folder, if it moved since training")
     p.add_argument("--checkpoint", default="last", help="last (default) or best (validation-selected)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--out", help="output folder (default: <run>/eval/<split>_<checkpoint>)")
     _add_common(p)
 
-    p = sub.add_parser("predict", help="segment one NIfTI or LA h5 volume into a NIfTI label map")
+    p = sub.add_parser("predict", help="segment images (a file, a folder or a glob) into NIfTI label maps")
+    p.add_argument("model", help="run folder, checkpoint file or exported model file (.safetensors)")
+    p.add_argument("input", help="image (.nii/.nii.gz or LA .h5), a folder of them, or a quoted glob pattern")
+    p.add_argument("output", help="label map (.nii.gz) for one input, else a folder (created) of <case>.nii.gz")
+    p.add_argument("--checkpoint", default="last", help=CHECKPOINT_HELP)
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--save-probabilities", action="store_true",
+                   help="also write <case>.npz beside each label map: float16 class probabilities (K, X, Y, Z)")
+    p.add_argument("--tta", action="store_true", help="average over the 4 flips of the x-y plane (4x slower)")
+    p.add_argument("--reference", metavar="NIFTI",
+                   help=".h5 inputs: take the affine from this NIfTI of the same shape (several inputs: a folder of "
+                        "<case>.nii.gz)")
+    p.add_argument("--spacing", type=float, nargs=3, metavar=("X", "Y", "Z"),
+                   help=".h5 inputs without --reference: voxel size in mm (default: the model's data.spacing)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs (even an input image)")
+    _add_common(p)
+
+    p = sub.add_parser("export", help="write a run's network as one portable model file (.safetensors)")
     p.add_argument("run", help="run folder or checkpoint file")
-    p.add_argument("input", help="image: .nii/.nii.gz or LA .h5")
-    p.add_argument("output", help="label map to write (.nii.gz)")
-    p.add_argument("--checkpoint", default="last")
-    p.add_argument("--device", default="auto")
+    p.add_argument("output", help="model file to write (.safetensors)")
+    p.add_argument("--checkpoint", default="last", help=CHECKPOINT_HELP)
+    p.add_argument("--dtype", default="fp16", choices=("fp16", "bf16", "fp32"),
+                   help="precision of the weights: fp16 (default, half the size), bf16, or fp32 (exact)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing model file")
     _add_common(p)
 
     p = sub.add_parser("demo", help="phantoms -> train supervised + mean teacher on CPU -> evaluate -> table")
     p.add_argument("--out", default="vasseg-demo", help="output folder (default: ./vasseg-demo)")
-    p.add_argument("--iterations", type=int, default=None, help="training steps per method")
+    p.add_argument("--iterations", type=int, default=None, help="training steps per method (default: the demo's)")
+    p.add_argument("--full-report", action="store_true",
+                   help="add the report's feature-space figures (t-SNE/UMAP; minutes on a CPU)")
     _add_common(p)
 
     p = sub.add_parser("methods", help="list the registered methods")
@@ -68,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
 # Subcommands implemented next to their feature: the module provides ``add_arguments(parser)`` and
 # ``run(args) -> int`` and keeps heavy imports inside ``run``.
 PLUGIN_COMMANDS: dict[str, tuple[str, str]] = {
-    "prepare": ("vasseg.data.prepare_cli", "prepare a NIfTI dataset (BTCV pairs or MSD) for training"),
+    "prepare": ("vasseg.data.prepare_cli",
+                "prepare a NIfTI dataset (BTCV, MSD or plain image/label pairs) for training"),
     "report": ("vasseg.report.cli", "tables and figures (markdown + HTML + PNG) from run folders"),
 }
 
@@ -121,17 +150,32 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from vasseg.engine.predict import predict_file
+    from vasseg.engine.predict_cases import PredictionFailed, PredictOptions, predict_paths
 
-    out = predict_file(args.run, args.input, args.output, args.checkpoint, args.device, not args.quiet)
-    print(out)
+    options = PredictOptions(
+        checkpoint=args.checkpoint, device=args.device, save_probabilities=args.save_probabilities, tta=args.tta,
+        reference=args.reference, spacing=tuple(args.spacing) if args.spacing else None, overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    result = predict_paths(args.model, args.input, args.output, options)
+    for path in result.written:
+        print(path)
+    if result.failed:
+        raise PredictionFailed(result.summary())
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from vasseg.export import export_run
+
+    print(export_run(args.run, args.output, args.checkpoint, args.dtype, args.overwrite))
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from vasseg.demo import run_demo
 
-    print(run_demo(args.out, iterations=args.iterations, progress=not args.quiet))
+    print(run_demo(args.out, iterations=args.iterations, progress=not args.quiet, full_report=args.full_report))
     return 0
 
 
@@ -146,6 +190,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "train": cmd_train,
     "evaluate": cmd_evaluate,
     "predict": cmd_predict,
+    "export": cmd_export,
     "demo": cmd_demo,
     "methods": cmd_methods,
 }

@@ -105,6 +105,9 @@ class TrainConfig:
     nonfinite: str = "stop"  # stop | skip (skip a step with a non-finite loss/grad; syncs every step)
     max_nonfinite_skips: int = 20
     progress: bool = True
+    # Fine-tuning: the student starts from this model file, checkpoint or run folder (weights only;
+    # optimizer, schedule and step start fresh). Empty: random initialisation.
+    init_from: str = ""
 
 
 @dataclass(frozen=True)

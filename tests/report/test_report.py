@@ -137,7 +137,17 @@ def test_table_two_equals_the_per_case_csvs(built: dict[str, Path]) -> None:
     rows = {r["Method"]: r for r in md_table((built["report"] / "report.md").read_text(), "Table II.")}
     for method, runs in seeds.items():
         assert rows[method]["Average Dice (%)"] == fmt(*expected(runs, "dice"))
-        assert rows[method]["class 1 (%)"] == fmt(*expected(runs, "dice", "1"))
+        assert rows[method]["left atrium (%)"] == fmt(*expected(runs, "dice", "1"))  # LA's class name
+
+
+def test_the_report_shows_a_progress_bar_over_its_sections(built: dict[str, Path], tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    skip = frozenset({"boxplot", "qualitative", "features", "snapshots"})
+    build_report([built["runs"]], tmp_path / "bar", ReportOptions(skip=skip, device="cpu"))
+    err = capsys.readouterr().err
+    assert "report: 100%" in err and "2/2" in err and "curves" in err
+    build_report([built["runs"]], tmp_path / "quiet", ReportOptions(skip=skip, device="cpu", progress=False))
+    assert "report:" not in capsys.readouterr().err
 
 
 def test_wilcoxon_rows_say_why_p_is_not_available(built: dict[str, Path]) -> None:

@@ -5,9 +5,12 @@
     vasseg prepare SOURCE [SOURCE ...] --out ROOT [--label-map btcv] [--shape 128 128 64]
         [--window -200 250] [--normalize minmax] [--test-fraction 0.2222 | --test-ids FILE]
         [--seed 0] [--skip-bad] [--overwrite] [--ignore-label-affine]
+    vasseg prepare --images IMAGES --labels LABELS --out ROOT [...]
 
 SOURCE is a folder of BTCV-style ``img*/label*`` pairs or an MSD folder with ``dataset.json``
-(:mod:`vasseg.data.nifti`); with several SOURCEs, case ids get the folder name as a prefix. Per
+(:mod:`vasseg.data.nifti`); with several SOURCEs, case ids get the folder name as a prefix.
+Instead of SOURCEs, ``--images`` and ``--labels`` give plain pairs matched by file name: two
+folders, or one image file and its label file (:mod:`vasseg.data.pairs`). Per
 case: the label's source ids go through the label map to project classes; image and label are
 brought to canonical RAS+ axis order (flips/transposes only); the image is clipped to the HU
 window, rescaled to [0, 1] and resampled trilinearly to the target shape, the label by nearest
@@ -79,19 +82,23 @@ class PreparedCase:
 
 
 def prepare_dataset(sources: Sequence[str | Path], out: str | Path, options: PrepareOptions = PrepareOptions(),
-                    progress: bool = True) -> Path:
+                    progress: bool = True, pairs: tuple[str | Path, str | Path] | None = None) -> Path:
     """Prepare the NIfTI dataset(s) ``sources`` into the folder ``out``; returns ``out``.
 
-    Raises DataError (one line, naming the file) for a bad option, an existing ``out`` without
-    ``overwrite``, or a bad/mismatched pair without ``skip_bad``.
+    ``pairs=(IMAGES, LABELS)`` prepares plain pairs matched by file name instead (``sources``
+    empty). Raises DataError (one line, naming the file) for a bad option, an existing ``out``
+    without ``overwrite``, or a bad/mismatched pair without ``skip_bad``.
     """
     from vasseg.data.nifti import discover_sources
+    from vasseg.data.pairs import discover_pairs
     from vasseg.data.prepared import load_label_map
 
     out = Path(out).expanduser()
+    if bool(sources) == bool(pairs):
+        raise _error("prepare: give SOURCE folders or --images and --labels (one of the two)")
     check_options(options, out)
     label_map = load_label_map(options.label_map)
-    discovery = discover_sources([Path(s) for s in sources])
+    discovery = discover_pairs(*pairs) if pairs else discover_sources([Path(s) for s in sources])
     warn_on_label_names(discovery.label_names, label_map)
     pairs, skipped = screen_pairs(discovery, options)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"

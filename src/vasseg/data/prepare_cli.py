@@ -15,8 +15,12 @@ from vasseg.data.prepare import (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``vasseg prepare``."""
-    parser.add_argument("sources", nargs="+", metavar="SOURCE",
-                        help="dataset folder: BTCV-style img*/label* NIfTI pairs or an MSD folder with dataset.json")
+    parser.add_argument("sources", nargs="*", metavar="SOURCE",
+                        help="dataset folder: BTCV-style img*/label* NIfTI pairs or an MSD folder with dataset.json "
+                             "(or give --images and --labels)")
+    parser.add_argument("--images", help="instead of SOURCE: a folder of images matched to --labels by file name "
+                                         "(<name>[_0000].nii.gz), or one image file")
+    parser.add_argument("--labels", help="with --images: the folder of label maps (<name>.nii.gz), or one label file")
     parser.add_argument("--out", required=True, help="prepared dataset folder to create")
     parser.add_argument("--label-map", default="btcv",
                         help="btcv (BTCV/Gibson ids, default), totalsegmentator_v2, paper8, or a YAML file")
@@ -47,6 +51,9 @@ def run(args: argparse.Namespace) -> int:
                              normalize=args.normalize, test_fraction=args.test_fraction, test_ids=test_ids,
                              seed=args.seed, skip_bad=args.skip_bad, overwrite=args.overwrite,
                              ignore_label_affine=args.ignore_label_affine)
-    out = prepare_dataset(args.sources, args.out, options, progress=not args.quiet)
+    if (args.images is None) != (args.labels is None):
+        raise ValueError("--images and --labels: give both (two folders, or one image and its label file)")
+    pairs = (args.images, args.labels) if args.images else None
+    out = prepare_dataset(args.sources, args.out, options, progress=not args.quiet, pairs=pairs)
     print(out)
     return 0

@@ -355,32 +355,38 @@ def manifest_for_run(run_dir: str | Path, exp: Experiment) -> dict[str, Any]:
                     f"({exp.data.root or 'unset'}); pass the prepared dataset as data.root")
 
 
-def _canonical_shape(shape: Sequence[int], ornt: np.ndarray) -> tuple[int, int, int]:
+def canonical_shape(shape: Sequence[int], ornt: np.ndarray) -> tuple[int, int, int]:
+    """The shape of a file-order array ``(X, Y, Z)`` after :func:`to_canonical`."""
     out = [0, 0, 0]
     for axis, (target, _) in enumerate(ornt):
         out[int(target)] = int(shape[axis])
     return (out[0], out[1], out[2])
 
 
-def preprocess_for_model(volume: Volume, run_dir: str | Path, exp: Experiment) -> Tensor:
-    """A raw CT as the run's network saw its training data: ``(1, X', Y', Z')`` float32.
+def preprocess_with_manifest(volume: Volume, manifest: dict[str, Any], scale: float) -> Tensor:
+    """A raw CT as a network trained on a prepared dataset saw its data: ``(1, X', Y', Z')`` float32.
 
-    Canonical orientation, the manifest's window and normalisation, resampled to its target
-    shape times ``data.scale``. ``volume.image`` must hold Hounsfield units.
+    Canonical orientation, the manifest's window and normalisation (``window``, ``normalize``),
+    resampled to its target ``shape`` times ``scale`` (``data.scale``). ``volume.image`` must hold
+    Hounsfield units. The manifest is the run's (:func:`manifest_for_run`) or the preprocessing
+    record of an exported model file.
     """
-    manifest = manifest_for_run(run_dir, exp)
     hu = to_canonical(volume.image, canonical_ornt(volume.affine))
-    shape = scaled_shape(manifest["shape"], exp.data.scale)
+    shape = scaled_shape(manifest["shape"], scale)
     return torch.from_numpy(preprocess_image(hu, manifest["window"], manifest["normalize"], shape))[None]
 
 
 def labels_to_source(probs: Tensor, volume: Volume, run_dir: str | Path, exp: Experiment) -> np.ndarray:
     """Probabilities ``(K, X', Y', Z')`` -> source label ids on the input's own grid ``(X, Y, Z)``."""
-    manifest = manifest_for_run(run_dir, exp)
-    label_map = label_map_from_dict(manifest["label_map"], f"{run_dir}: label_map")
+    return source_labels(probs, volume, manifest_for_run(run_dir, exp), str(run_dir))
+
+
+def source_labels(probs: Tensor, volume: Volume, manifest: dict[str, Any], where: str) -> np.ndarray:
+    """:func:`labels_to_source` with the manifest given; errors name ``where``."""
+    label_map = label_map_from_dict(manifest["label_map"], f"{where}: label_map")
     if probs.shape[0] != label_map.num_classes:
-        raise DataError(f"{run_dir}: the model gives {probs.shape[0]} classes, label map "
+        raise DataError(f"{where}: the model gives {probs.shape[0]} classes, label map "
                         f"'{label_map.name}' has {label_map.num_classes}")
     ornt = canonical_ornt(volume.affine)
-    classes = resized_argmax(probs, _canonical_shape(volume.image.shape, ornt)).cpu().numpy()
+    classes = resized_argmax(probs, canonical_shape(volume.image.shape, ornt)).cpu().numpy()
     return label_map.restore_ids(from_canonical(classes, ornt))

@@ -70,7 +70,13 @@ def check_architecture(saved: dict, current: dict, path: Path) -> None:
 
 def load_run(target: str | Path, which: str = "last", device: str | torch.device = "cpu",
              overrides: tuple[str, ...] = ()) -> LoadedRun:
-    """Build the run's method from its ``config.yaml`` and load the checkpoint weights."""
+    """Build the run's method from its ``config.yaml`` and load the checkpoint weights.
+
+    An exported model file (:mod:`vasseg.export`) is loaded from its own description instead."""
+    from vasseg.export import is_model_file, load_model_file
+
+    if is_model_file(Path(target).expanduser()):
+        return load_model_file(Path(target), device, overrides, which)[0]
     run_dir, ckpt = locate(Path(target), which)
     config = run_dir / "config.yaml"
     if not config.is_file():

@@ -80,6 +80,10 @@ def start_trainer(exp: Experiment, data: DataBundle, run_dir: Path, device: torc
         return trainer
     if resume:
         log.info("no checkpoint to resume in %s: starting from step 0", run_dir)
+    if exp.train.init_from:
+        from vasseg.export import init_student
+
+        init_student(trainer.method, exp.train.init_from)
     trainer.scalars.truncate_after(0)  # a fresh start: rows of an earlier failed attempt go
     return trainer
 

@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip", default="", help=f"comma-separated sections to leave out: {SKIP_HELP}")
     parser.add_argument("--data-root", help="dataset folder, if it moved since training")
     parser.add_argument("--device", default="auto", help="device for inference (default: auto)")
-    parser.add_argument("--title", default="vasseg report")
+    parser.add_argument("--title", default="vasseg report", help="title of the report (default: vasseg report)")
 
 
 def _csv(text: str | None) -> tuple[str, ...]:
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         embedding=args.embedding, feature_run=args.feature_run, feature_baseline=args.feature_baseline,
         feature_voxels=args.feature_voxels, feature_cases=args.feature_cases,
         feature_points=args.feature_points, min_pairs=args.min_pairs,
-        slice_axis=args.slice_axis, title=args.title,
+        slice_axis=args.slice_axis, title=args.title, progress=not args.quiet,
     )
     html = build_report(list(args.runs), args.out, options)
     print(html)

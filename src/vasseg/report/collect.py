@@ -75,7 +75,10 @@ class RunRecord:
         return f"{self.exp.data.dataset}/{root}" if root else self.exp.data.dataset
 
     def class_name(self, cls: int) -> str:
-        names = self.exp.data.class_names
+        """The config's name of class ``cls``, else the dataset's known one (LA: left atrium)."""
+        from vasseg.classes import class_names
+
+        names = class_names(self.exp)
         return names[cls] if cls < len(names) else f"class {cls}"
 
 

@@ -41,6 +41,7 @@ class ReportOptions:
     min_pairs: int = 6
     slice_axis: int = 2
     title: str = "vasseg report"
+    progress: bool = True  # a progress bar over the sections
 
 
 @dataclass
@@ -74,9 +75,8 @@ def by_dataset(groups: list[Group]) -> dict[str, list[Group]]:
 
 
 def class_names(run: RunRecord) -> list[str]:
-    """Names of every class including background (``class k`` where the config names none)."""
-    n = run.exp.data.num_classes
-    return [run.class_name(c) if c or run.exp.data.class_names else "background" for c in range(n)]
+    """Names of every class including background (see :func:`vasseg.classes.class_names`)."""
+    return [run.class_name(c) for c in range(run.exp.data.num_classes)]
 
 
 def _suffix(i: int) -> str:

@@ -1,0 +1,148 @@
+"""The Python API: load a trained model once, segment arrays, tensors or image files with it.
+
+::
+
+    import vasseg
+    model = vasseg.load_model("runs/la_vas_16l_s1337_0a1b2c3d")   # run folder, checkpoint or model file
+    labels = model.predict("case.nii.gz")                          # (X, Y, Z) label map, uint8
+    probs = model.predict(image_array, probs=True)                 # (K, X, Y, Z) float32
+
+A NumPy array or torch tensor ``(X, Y, Z)`` holds intensities as the training data did (LA: the
+MRI, any scale, it is z-scored; a prepared CT run: Hounsfield units in RAS+ axis order). A path is
+read with :func:`vasseg.io.read_volume` (NIfTI with its affine, or an LA ``.h5``). The result lies
+on the input's grid, whatever resolution the network ran at.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vasseg.classes import class_names as experiment_class_names
+from vasseg.config import Experiment
+from vasseg.engine.predict import label_ids, model_probs, preprocess, preprocessing_for_run, to_input_grid
+from vasseg.io import Volume, read_volume
+from vasseg.methods.base import Method
+
+log = logging.getLogger(__name__)
+
+ArrayLike = np.ndarray | torch.Tensor
+
+
+@dataclass
+class Prediction:
+    """A label map ``(X, Y, Z)`` on the input's grid and, when asked, the probabilities ``(K, X, Y, Z)``."""
+
+    labels: np.ndarray
+    probs: np.ndarray | None = None
+
+
+@dataclass
+class Model:
+    """A trained network in eval mode with everything needed to segment a new image.
+
+    Attributes:
+        exp: the resolved experiment config the network was trained with.
+        method: the registered method holding the network (its ``predict`` gives probabilities).
+        device: where inference runs.
+        source: the run folder's checkpoint or the model file it was loaded from.
+        step: the training step of the weights.
+        preprocessing: the preprocessing record (see :mod:`vasseg.engine.predict`).
+    """
+
+    exp: Experiment
+    method: Method
+    device: torch.device
+    source: Path
+    step: int
+    preprocessing: dict[str, Any]
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """One name per class channel, background first."""
+        names = self.preprocessing.get("class_names")
+        return tuple(names) if names else experiment_class_names(self.exp)
+
+    @property
+    def label_ids(self) -> tuple[int, ...]:
+        """The value the label map holds for each class channel (a prepared CT run: source ids)."""
+        return label_ids(self.preprocessing, self.exp.data.num_classes)
+
+    def predict(self, x: ArrayLike | str | Path, probs: bool = False, tta: bool = False,
+                spacing: tuple[float, float, float] | None = None) -> np.ndarray:
+        """The label map ``(X, Y, Z)`` of ``x``, or with ``probs=True`` its class probabilities
+        ``(K, X, Y, Z)`` float32 (summing to 1 per voxel; their argmax is the label map's class).
+
+        Args:
+            x: an image array/tensor ``(X, Y, Z)`` or a NIfTI / LA ``.h5`` path.
+            probs: return probabilities instead of labels.
+            tta: average over the 4 x-y flips (4x slower).
+            spacing: voxel size in mm of an array or an ``.h5`` file (default: ``data.spacing``).
+        """
+        result = self.predict_volume(self.volume(x, spacing), with_probs=probs, tta=tta)
+        return result.probs if probs else result.labels
+
+    def volume(self, x: ArrayLike | str | Path, spacing: tuple[float, float, float] | None = None) -> Volume:
+        """``x`` as a :class:`~vasseg.io.Volume` (read from disk when a path)."""
+        spacing = tuple(spacing or self.exp.data.spacing)
+        if isinstance(x, (str, Path)):
+            return read_volume(Path(x), default_spacing=spacing)
+        return array_volume(x, spacing)
+
+    def predict_volume(self, volume: Volume, with_probs: bool = False, tta: bool = False,
+                       image: torch.Tensor | None = None) -> Prediction:
+        """Segment a read volume; ``image`` is its :meth:`preprocess` output when already computed."""
+        image = self.preprocess(volume) if image is None else image
+        probs = model_probs(self.method, image, self.exp, self.device, tta)
+        labels, native = to_input_grid(probs, volume, self.preprocessing, with_probs)
+        return Prediction(labels, native)
+
+    def preprocess(self, volume: Volume) -> torch.Tensor:
+        """The network's input ``(1, X', Y', Z')`` for ``volume`` (CPU work, thread-safe)."""
+        return preprocess(volume, self.preprocessing)
+
+
+def array_volume(x: ArrayLike, spacing: tuple[float, ...]) -> Volume:
+    """A 3-D array or tensor as a volume with the affine ``diag(spacing)``; refuses other shapes and NaN."""
+    array = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    if array.ndim == 4 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim != 3 or 0 in array.shape:
+        raise ValueError(f"image: expected a 3-D array (X, Y, Z), got shape {array.shape}")
+    if array.dtype.kind not in "biuf" or not np.isfinite(array).all():
+        raise ValueError("image: expected finite real values")
+    triple = (float(spacing[0]), float(spacing[1]), float(spacing[2]))
+    return Volume(image=array.astype(np.float32), affine=np.diag([*triple, 1.0]), spacing=triple,
+                  label=None, header=None, source=Path("<array>"))
+
+
+def load_model(path: str | Path, checkpoint: str = "last", device: str | torch.device = "auto") -> Model:
+    """Load a run folder, a checkpoint file or an exported model file (``vasseg export``).
+
+    Args:
+        path: run folder, ``<run>/checkpoints/*.pt`` or a ``.safetensors`` model file.
+        checkpoint: for a run folder, ``last`` (default) or ``best``.
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:N``.
+
+    Raises a one-line error (a :class:`~vasseg.engine.checkpoint.CheckpointError`,
+    :class:`~vasseg.config.ConfigError` or ``ValueError``) naming the file when it cannot be loaded.
+    """
+    from vasseg.engine.loading import load_run
+    from vasseg.engine.setup import select_device
+    from vasseg.export import is_model_file, load_model_file
+
+    dev = device if isinstance(device, torch.device) else select_device(device)
+    path = Path(path).expanduser()
+    if is_model_file(path):
+        loaded, model_file = load_model_file(path, dev, which=checkpoint)
+        prep = model_file.preprocessing
+    else:
+        loaded = load_run(path, checkpoint, dev)
+        prep = preprocessing_for_run(loaded.exp, loaded.run_dir)
+    log.info("loaded %s (step %d, %s) on %s", loaded.checkpoint, loaded.step, loaded.exp.method.name, dev)
+    return Model(loaded.exp, loaded.method, dev, loaded.checkpoint, loaded.step, prep)

@@ -1,0 +1,266 @@
+"""Exported model files: one self-describing, non-pickle file per trained network (safetensors).
+
+``vasseg export RUN model.safetensors`` writes the inference network (the student VNet) of a
+run's checkpoint in the `safetensors <https://huggingface.co/docs/safetensors>`_ format, which
+holds raw tensors and a JSON header and cannot carry code:
+
+- tensors: the network's ``state_dict``; parameters in the chosen dtype (``fp16``, the default,
+  ``bf16`` or ``fp32``), floating buffers (batch-norm running statistics) in float32, integer
+  buffers unchanged. A 16-filter LA VNet is 18.9 MB in half precision.
+- metadata (strings; JSON where structured): ``format`` (``vasseg-model``), ``format_version``,
+  ``vasseg_version``, ``config`` (the resolved experiment, :func:`vasseg.config.to_dict`),
+  ``class_names``, ``preprocessing`` (the record of :mod:`vasseg.engine.predict`: z-score and
+  scale, or a prepared CT dataset's window, shape, normalisation and label map) and ``weights``
+  (network, dtype, training step, method, the checkpoint's file name).
+
+``vasseg predict``, ``vasseg evaluate``, :func:`vasseg.load_model` and ``train.init_from`` read it
+on any machine: nothing else from the run folder is needed. Reading never unpickles: a pickle (a
+``torch.save`` file) in its place is refused with one line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from vasseg.atomic import atomic_write_bytes
+from vasseg.config import ConfigError, Experiment, apply_overrides, build_experiment, to_dict
+from vasseg.engine.checkpoint import CheckpointError
+from vasseg.engine.loading import LoadedRun
+from vasseg.methods.base import Method
+
+log = logging.getLogger(__name__)
+
+FORMAT, FORMAT_VERSION = "vasseg-model", "1"
+SUFFIX = ".safetensors"
+DTYPES: dict[str, torch.dtype] = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+# torch.save writes a zip archive; older torch and plain pickles start with the PROTO opcode.
+PICKLE_MAGIC = (b"PK\x03\x04", b"\x80")
+MAX_HEADER = 100 * 2**20  # safetensors' own limit on the JSON header, bytes
+
+
+class ModelFileError(CheckpointError):
+    """A model file cannot be written, read or trusted; the message names the file."""
+
+
+@dataclass
+class ModelFile:
+    """The contents of an exported model file."""
+
+    path: Path
+    exp: Experiment
+    weights: dict[str, torch.Tensor]
+    class_names: tuple[str, ...]
+    preprocessing: dict[str, Any]
+    info: dict[str, Any]  # the ``weights`` record: network, dtype, step, method, checkpoint
+
+    @property
+    def step(self) -> int:
+        return int(self.info.get("step", 0))
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def network_tensors(network: nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The network's state dict for the file: parameters in ``dtype``, float buffers in float32."""
+    params = {name for name, _ in network.named_parameters()}
+    out = {}
+    for name, tensor in network.state_dict().items():
+        if tensor.is_floating_point():
+            tensor = tensor.to(dtype if name in params else torch.float32)
+        out[name] = tensor.detach().cpu().contiguous()
+    return out
+
+
+def write_model_file(path: str | Path, exp: Experiment, network: nn.Module, preprocessing: dict[str, Any],
+                     class_names: Sequence[str], dtype: str = "fp16", info: dict[str, Any] | None = None) -> Path:
+    """Write ``network``'s weights and their description atomically to ``path`` (``.safetensors``)."""
+    from safetensors.torch import save
+
+    from vasseg import __version__
+
+    path = Path(path).expanduser()
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype {dtype!r}: choose {', '.join(DTYPES)}")
+    if path.suffix != SUFFIX:
+        raise ValueError(f"{path}: a model file must end in {SUFFIX}")
+    if not path.parent.is_dir():
+        raise ValueError(f"{path}: output directory {path.parent} does not exist")
+    meta = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "vasseg_version": __version__,
+        "config": json.dumps(to_dict(exp)), "class_names": json.dumps(list(class_names)),
+        "preprocessing": json.dumps(preprocessing),
+        "weights": json.dumps({"network": "student", "dtype": dtype, **(info or {})}),
+    }
+    blob = save(network_tensors(network, DTYPES[dtype]), metadata=meta)
+    try:
+        atomic_write_bytes(path, lambda fh: fh.write(blob))
+    except OSError as exc:
+        raise ModelFileError(f"{path}: could not write the model file ({exc.strerror or exc})") from None
+    return path
+
+
+def export_run(target: str | Path, out: str | Path, checkpoint: str = "last", dtype: str = "fp16",
+               overwrite: bool = False) -> Path:
+    """Export the inference network of a run folder (or checkpoint) to the model file ``out``."""
+    from vasseg.classes import class_names
+    from vasseg.engine.loading import load_run
+    from vasseg.engine.predict import preprocessing_for_run
+
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype {dtype!r}: choose {', '.join(DTYPES)}")
+    if Path(out).expanduser().exists() and not overwrite:
+        raise ValueError(f"{out}: already exists; pass --overwrite to replace")
+    loaded = load_run(target, checkpoint, "cpu")
+    prep = preprocessing_for_run(loaded.exp, loaded.run_dir)
+    names = prep.get("class_names") or class_names(loaded.exp)
+    info = {"step": loaded.step, "method": loaded.exp.method.name, "checkpoint": loaded.checkpoint.name}
+    path = write_model_file(out, loaded.exp, loaded.method.inference_network(), prep, names, dtype, info)
+    log.info("exported %s (step %d, %s weights) to %s", loaded.checkpoint, loaded.step, dtype, path)
+    return path
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _head(path: Path, n: int = 16) -> bytes:
+    try:
+        with path.open("rb") as fh:
+            return fh.read(n)
+    except OSError as exc:
+        raise ModelFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+def is_model_file(path: str | Path) -> bool:
+    """True for a ``.safetensors`` path, or a file whose first bytes are a safetensors header."""
+    path = Path(path).expanduser()
+    if path.suffix == SUFFIX:
+        return True
+    if not path.is_file():
+        return False
+    head = _head(path)
+    return len(head) > 8 and 2 <= int.from_bytes(head[:8], "little") <= MAX_HEADER and head[8:9] == b"{"
+
+
+def _json(meta: dict[str, str], key: str, path: Path) -> Any:
+    try:
+        return json.loads(meta[key])
+    except KeyError:
+        raise ModelFileError(f"{path}: model file metadata has no {key!r} entry") from None
+    except ValueError as exc:
+        raise ModelFileError(f"{path}: model file metadata {key!r} is not JSON ({exc})") from None
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as fh:
+            return dict(fh.metadata() or {}), {k: fh.get_tensor(k) for k in fh.keys()}
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error type and OSError
+        raise ModelFileError(f"{path}: not a readable safetensors model file "
+                             f"({' '.join(str(exc).split())[:160] or type(exc).__name__})") from None
+
+
+def read_model_file(path: str | Path, overrides: Sequence[str] = ()) -> ModelFile:
+    """Read and validate a model file; ``overrides`` (``data.root=...``) apply to its config."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ModelFileError(f"{path}: model file not found")
+    if _head(path).startswith(PICKLE_MAGIC):
+        raise ModelFileError(f"{path}: refused: this is a pickle (torch.save) file, not a safetensors model "
+                             f"file; nothing in it was loaded (make one with `vasseg export RUN {path.name}`)")
+    meta, weights = _read_safetensors(path)
+    if meta.get("format") != FORMAT:
+        raise ModelFileError(f"{path}: not a vasseg model file (metadata format {meta.get('format')!r})")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ModelFileError(f"{path}: model file format version {meta.get('format_version')!r} "
+                             f"(this vasseg reads {FORMAT_VERSION})")
+    raw = _json(meta, "config", path)
+    try:
+        exp = build_experiment(apply_overrides(raw, overrides))
+    except ConfigError as exc:
+        raise ModelFileError(f"{path}: config: {exc}") from None
+    prep, names = _json(meta, "preprocessing", path), _json(meta, "class_names", path)
+    if not isinstance(prep, dict) or prep.get("kind") not in ("zscore", "prepared"):
+        raise ModelFileError(f"{path}: model file preprocessing record is not zscore or prepared")
+    if not isinstance(names, list) or len(names) != exp.data.num_classes:
+        raise ModelFileError(f"{path}: model file class_names must list {exp.data.num_classes} names")
+    return ModelFile(path, exp, weights, tuple(map(str, names)), prep, _json(meta, "weights", path))
+
+
+def load_weights(network: nn.Module, weights: dict[str, torch.Tensor], path: Path) -> None:
+    """Load ``weights`` into ``network`` (cast to its dtypes), strictly; one line when they do not fit."""
+    try:
+        network.load_state_dict(weights)
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise ModelFileError(f"{path}: weights do not fit the network ({detail})") from None
+
+
+def load_model_file(path: str | Path, device: str | torch.device = "cpu", overrides: Sequence[str] = (),
+                    which: str = "last") -> tuple[LoadedRun, ModelFile]:
+    """The method of a model file with its weights, in eval mode on ``device``.
+
+    The ``LoadedRun`` (what evaluation uses) names the file as its checkpoint and the file's
+    folder as its run folder (``evaluate`` writes ``<folder>/eval/<split>_<file stem>``). A model
+    file holds one set of weights: ``which`` (``--checkpoint``) other than ``last`` is refused.
+    """
+    from vasseg.engine.setup import build_method
+
+    if which != "last":
+        raise ConfigError(f"--checkpoint {which}: {path} is a model file with one set of weights; "
+                          f"--checkpoint chooses among a run folder's checkpoints")
+    model_file = read_model_file(path, overrides)
+    method = build_method(model_file.exp)
+    load_weights(method.inference_network(), model_file.weights, model_file.path)
+    method.to(torch.device(device)).eval()
+    loaded = LoadedRun(exp=model_file.exp, method=method, checkpoint=model_file.path,
+                       run_dir=model_file.path.parent, step=model_file.step)
+    return loaded, model_file
+
+
+# --------------------------------------------------------------------------- fine-tuning
+
+
+def student_weights(path: Path) -> tuple[dict[str, torch.Tensor], str]:
+    """The student network's weights in a model file, checkpoint or run folder, and what they are."""
+    from vasseg.engine.checkpoint import load_checkpoint
+    from vasseg.engine.loading import locate
+
+    if is_model_file(path):
+        model_file = read_model_file(path)
+        return model_file.weights, f"model file (step {model_file.step}, {model_file.info.get('method')})"
+    _, ckpt = locate(path)
+    state = load_checkpoint(ckpt)
+    prefix = "student."
+    weights = {k[len(prefix):]: v for k, v in state["method"].items() if k.startswith(prefix)}
+    if not weights:
+        raise CheckpointError(f"{ckpt}: the checkpoint holds no student weights")
+    return weights, f"checkpoint {ckpt} (step {state.get('step', '?')})"
+
+
+def init_student(method: Method, source: str | Path) -> None:
+    """``train.init_from``: the student (and its EMA teachers) start from ``source``'s weights.
+
+    Only network weights are taken: optimizers, schedules, the sampler, discriminators and heads
+    start fresh, and the step starts at 0.
+    """
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise ConfigError(f"train.init_from: {path} not found (a model file, checkpoint or run folder)")
+    weights, what = student_weights(path)
+    student = method.inference_network()
+    load_weights(student, weights, path)
+    for teacher, followed in method.ema_pairs():
+        if followed is student:  # a mean teacher starts where its student starts
+            teacher.load_state_dict(student.state_dict())
+    log.info("train.init_from: student weights from %s (%s); optimizer, schedule and other networks start "
+             "fresh at step 0", path, what)
