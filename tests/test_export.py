@@ -66,7 +66,7 @@ def test_the_exported_model_predicts_what_the_run_predicts(dtype, reference, exp
 def test_the_file_describes_itself(exported, run) -> None:
     model_file = read_model_file(exported["fp16"])
     assert model_file.exp.method.name == "mean_teacher" and model_file.exp.model.filters == 4
-    assert model_file.preprocessing == {"kind": "zscore", "scale": 1.0}
+    assert model_file.preprocessing == {"kind": "zscore", "scale": 1.0, "intensity": "file"}
     assert model_file.info == {"network": "student", "dtype": "fp16", "step": 2, "method": "mean_teacher",
                                "checkpoint": "step_000002.pt"}
     weights = model_file.weights

@@ -192,8 +192,12 @@ def _is_mapping(value: Any) -> bool:
     return isinstance(value, dict)
 
 
+EXTRA_STATE = "_extra_state"  # nn.Module.get_extra_state entries (e.g. AD-MT's alternation) are not tensors
+
+
 def _is_weights(value: Any) -> bool:
-    return _is_mapping(value) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
+    return _is_mapping(value) and all(
+        isinstance(k, str) and (isinstance(v, torch.Tensor) or k.endswith(EXTRA_STATE)) for k, v in value.items())
 
 
 def _is_optimizers(value: Any) -> bool:
@@ -214,7 +218,7 @@ def _is_best(value: Any) -> bool:
 # with a default (``nonfinite_skips``) or only recorded (``world_size``).
 REQUIRED_ENTRIES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "step": ("a non-negative integer", _is_count),
-    "method": ("a mapping of parameter names to tensors", _is_weights),
+    "method": ("a mapping of parameter names to tensors (and modules' extra state)", _is_weights),
     "config": ("a mapping (the experiment's configuration)", _is_mapping),
     "optimizers": ("a mapping of optimizer states including 'main'", _is_optimizers),
     "scaler": ("a mapping (the gradient scaler's state)", _is_mapping),
