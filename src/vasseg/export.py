@@ -79,13 +79,8 @@ def network_tensors(network: nn.Module, dtype: torch.dtype) -> dict[str, torch.T
     return out
 
 
-def write_model_file(path: str | Path, exp: Experiment, network: nn.Module, preprocessing: dict[str, Any],
-                     class_names: Sequence[str], dtype: str = "fp16", info: dict[str, Any] | None = None) -> Path:
-    """Write ``network``'s weights and their description atomically to ``path`` (``.safetensors``)."""
-    from safetensors.torch import save
-
-    from vasseg import __version__
-
+def check_output(path: str | Path, dtype: str, overwrite: bool = True) -> Path:
+    """Refuse a bad model-file path or dtype before any work; returns the path."""
     path = Path(path).expanduser()
     if dtype not in DTYPES:
         raise ValueError(f"--dtype {dtype!r}: choose {', '.join(DTYPES)}")
@@ -93,6 +88,19 @@ def write_model_file(path: str | Path, exp: Experiment, network: nn.Module, prep
         raise ValueError(f"{path}: a model file must end in {SUFFIX}")
     if not path.parent.is_dir():
         raise ValueError(f"{path}: output directory {path.parent} does not exist")
+    if path.exists() and not overwrite:
+        raise ValueError(f"{path}: already exists; pass --overwrite to replace")
+    return path
+
+
+def write_model_file(path: str | Path, exp: Experiment, network: nn.Module, preprocessing: dict[str, Any],
+                     class_names: Sequence[str], dtype: str = "fp16", info: dict[str, Any] | None = None) -> Path:
+    """Write ``network``'s weights and their description atomically to ``path`` (``.safetensors``)."""
+    from safetensors.torch import save
+
+    from vasseg import __version__
+
+    path = check_output(path, dtype)
     meta = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "vasseg_version": __version__,
         "config": json.dumps(to_dict(exp)), "class_names": json.dumps(list(class_names)),
@@ -114,10 +122,7 @@ def export_run(target: str | Path, out: str | Path, checkpoint: str = "last", dt
     from vasseg.engine.loading import load_run
     from vasseg.engine.predict import preprocessing_for_run
 
-    if dtype not in DTYPES:
-        raise ValueError(f"--dtype {dtype!r}: choose {', '.join(DTYPES)}")
-    if Path(out).expanduser().exists() and not overwrite:
-        raise ValueError(f"{out}: already exists; pass --overwrite to replace")
+    check_output(out, dtype, overwrite)
     loaded = load_run(target, checkpoint, "cpu")
     prep = preprocessing_for_run(loaded.exp, loaded.run_dir)
     names = prep.get("class_names") or class_names(loaded.exp)

@@ -82,10 +82,10 @@ class PreparedCase:
 
 
 def prepare_dataset(sources: Sequence[str | Path], out: str | Path, options: PrepareOptions = PrepareOptions(),
-                    progress: bool = True, pairs: tuple[str | Path, str | Path] | None = None) -> Path:
+                    progress: bool = True, plain: tuple[str | Path, str | Path] | None = None) -> Path:
     """Prepare the NIfTI dataset(s) ``sources`` into the folder ``out``; returns ``out``.
 
-    ``pairs=(IMAGES, LABELS)`` prepares plain pairs matched by file name instead (``sources``
+    ``plain=(IMAGES, LABELS)`` prepares plain pairs matched by file name instead (``sources``
     empty). Raises DataError (one line, naming the file) for a bad option, an existing ``out``
     without ``overwrite``, or a bad/mismatched pair without ``skip_bad``.
     """
@@ -94,11 +94,11 @@ def prepare_dataset(sources: Sequence[str | Path], out: str | Path, options: Pre
     from vasseg.data.prepared import load_label_map
 
     out = Path(out).expanduser()
-    if bool(sources) == bool(pairs):
+    if bool(sources) == bool(plain):
         raise _error("prepare: give SOURCE folders or --images and --labels (one of the two)")
     check_options(options, out)
     label_map = load_label_map(options.label_map)
-    discovery = discover_pairs(*pairs) if pairs else discover_sources([Path(s) for s in sources])
+    discovery = discover_pairs(*plain) if plain else discover_sources([Path(s) for s in sources])
     warn_on_label_names(discovery.label_names, label_map)
     pairs, skipped = screen_pairs(discovery, options)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"

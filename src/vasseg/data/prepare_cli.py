@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
                              ignore_label_affine=args.ignore_label_affine)
     if (args.images is None) != (args.labels is None):
         raise ValueError("--images and --labels: give both (two folders, or one image and its label file)")
-    pairs = (args.images, args.labels) if args.images else None
-    out = prepare_dataset(args.sources, args.out, options, progress=not args.quiet, pairs=pairs)
+    plain = (args.images, args.labels) if args.images else None
+    out = prepare_dataset(args.sources, args.out, options, progress=not args.quiet, plain=plain)
     print(out)
     return 0

@@ -114,7 +114,8 @@ def find_inputs(spec: str | Path) -> list[Path]:
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.is_file() and is_image_name(p) and not p.name.startswith("."))
         if not files:
-            raise ImageIOError(f"{path}: no {', '.join(IMAGE_SUFFIXES)} files in this folder")
+            raise ImageIOError(f"{path}: no {', '.join(IMAGE_SUFFIXES)} files in this folder (for files in "
+                               f"subfolders give a quoted glob, e.g. '{path}/*/mri_norm2.h5')")
         return files
     if path.exists() or not any(c in text for c in "*?["):
         return [path]  # one file: reading it reports a missing file or an unknown extension
@@ -229,8 +230,8 @@ class Geometry:
         raise ImageIOError(f"{self.reference}: no reference {name}.nii.gz or {name}.nii in this folder")
 
 
-def make_geometry(options: PredictOptions, jobs: list[Job], default_spacing: tuple[float, ...]) -> Geometry:
-    """Validate ``--reference`` / ``--spacing`` and state in the log what ``.h5`` inputs get."""
+def make_geometry(options: PredictOptions, jobs: list[Job]) -> Geometry:
+    """Validate ``--reference`` / ``--spacing`` (before the model is loaded)."""
     if options.reference and options.spacing:
         raise ValueError("--reference and --spacing: give one of them")
     reference = Path(options.reference).expanduser() if options.reference else None
@@ -238,16 +239,21 @@ def make_geometry(options: PredictOptions, jobs: list[Job], default_spacing: tup
         raise ImageIOError(f"{reference}: reference image not found")
     if reference is not None and not reference.is_dir() and len(jobs) > 1:
         raise ImageIOError(f"{reference}: with several inputs, --reference must be a folder of <case>.nii.gz")
+    return Geometry(reference, options.spacing)
+
+
+def state_geometry(geometry: Geometry, jobs: list[Job], default_spacing: tuple[float, ...]) -> None:
+    """Say in the log which geometry ``.h5`` inputs get (and that NIfTI inputs keep theirs)."""
     h5 = [j.source for j in jobs if j.source.name.lower().endswith(HDF5_SUFFIXES)]
-    if (reference or options.spacing) and len(h5) < len(jobs):
+    if (geometry.reference or geometry.spacing) and len(h5) < len(jobs):
         log.warning("--reference / --spacing apply to .h5 inputs only; NIfTI inputs keep their own geometry")
-    if h5 and reference is None:
-        spacing = options.spacing or tuple(default_spacing)
-        source = "--spacing" if options.spacing else "the model's data.spacing"
+    if h5 and geometry.reference is None:
+        spacing = geometry.spacing or tuple(default_spacing)
+        source = "--spacing" if geometry.spacing else "the model's data.spacing"
+        what = h5[0].name if len(h5) == 1 else f"{len(h5)} .h5 inputs"
         log.info("%s: .h5 files carry no geometry; the label map gets affine diag(%s, 1) (%s, mm, origin 0, "
                  "axes as stored); pass --reference IMAGE.nii.gz or --spacing X Y Z for real geometry",
-                 h5[0].name if len(h5) == 1 else f"{len(h5)} .h5 inputs", ", ".join(f"{s:g}" for s in spacing), source)
-    return Geometry(reference, options.spacing)
+                 what, ", ".join(f"{s:g}" for s in spacing), source)
 
 
 # --------------------------------------------------------------------------- running
@@ -260,9 +266,10 @@ def predict_paths(model: str | Path | Model, input_spec: str | Path, output: str
 
     jobs = plan_jobs(find_inputs(input_spec), Path(output), options.save_probabilities)
     check_jobs(jobs, options.overwrite)
+    geometry = make_geometry(options, jobs)
     if not isinstance(model, Model):
         model = load_model(model, options.checkpoint, options.device)
-    geometry = make_geometry(options, jobs, model.exp.data.spacing)
+    state_geometry(geometry, jobs, model.exp.data.spacing)
     folder = None if is_label_file(Path(output)) else Path(output).expanduser()
     created = folder is not None and not folder.exists()
     if created:
