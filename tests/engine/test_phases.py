@@ -22,6 +22,8 @@ from vasseg.methods.phases import Phase, check_phases, locate
 
 from tests.engine.test_reliability import _same, _tensors, _training_rows
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # two spinning threads crawl on a busy 2-core host
+
 # BCP on the tiny phantoms: 2 pre-train + 2 self-train steps; lr / 10 every step of a phase
 # (train.lr_step 1) so that a phase-local schedule and a global one give different numbers.
 BCP_TINY: dict[str, Any] = {

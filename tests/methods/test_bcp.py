@@ -20,6 +20,7 @@ from vasseg.methods.mixing import cube_mask, paste
 from vasseg.models.vnet import VNetOutput
 
 REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.usefixtures("one_thread")  # two spinning threads crawl on a busy 2-core host
 BATCH = {"data": {"labeled_bs": 4, "unlabeled_bs": 4}}
 
 
