@@ -179,7 +179,8 @@ class Trainer:
 
     def _start_phase(self, at: PhaseAt) -> None:
         """The hand-over at a phase's first step (the first phase's too, at step 0)."""
-        log.info("step %d: phase %r starts (%d iterations)", self.step, at.phase.name, at.phase.iterations)
+        if len(self.phases) > 1:
+            log.info("step %d: phase %r starts (%d iterations)", self.step, at.phase.name, at.phase.iterations)
         self.method.on_phase_start(at.phase)
         if at.phase.fresh_optimizer:
             self.optimizers = self._build_optimizers()
