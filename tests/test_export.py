@@ -21,7 +21,7 @@ import torch
 
 import vasseg
 from vasseg.cli import main
-from vasseg.config import load_config
+from vasseg.config import build_experiment, load_config, run_name
 from vasseg.data.nifti import write_synthetic_ct_dataset
 from vasseg.data.prepare import PrepareOptions, prepare_dataset
 from vasseg.engine.run import train_experiment
@@ -199,3 +199,8 @@ def test_a_prepared_ct_model_file_needs_nothing_else(tmp_path: Path) -> None:
     top2 = np.sort(probs, axis=0)[-2:]
     differ = ids[probs.argmax(0)] != labels
     assert (top2[1] - top2[0] < 2e-3)[differ].all()  # only float16 near-ties differ
+
+
+def test_a_fine_tuned_run_gets_its_own_folder() -> None:
+    plain, tuned = build_experiment({}), build_experiment({"train": {"init_from": "/models/la.safetensors"}})
+    assert run_name(plain) != run_name(tuned)
