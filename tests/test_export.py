@@ -11,15 +11,20 @@ mean-teacher run (8 filters, 150 steps; 1 and 6 of 384,000 test voxels changed l
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
 
 import vasseg
 from vasseg.cli import main
-from vasseg.config import load_config
+from vasseg.config import build_experiment, load_config, run_name
+from vasseg.data.nifti import write_synthetic_ct_dataset
+from vasseg.data.prepare import PrepareOptions, prepare_dataset
+from vasseg.engine.run import train_experiment
 from vasseg.engine.setup import build_method
 from vasseg.export import ModelFileError, export_run, init_student, read_model_file, write_model_file
 
@@ -153,8 +158,6 @@ def test_init_from_starts_the_student_and_its_teacher_from_the_weights(source, r
 
 def test_init_from_in_training_is_logged_and_a_mismatch_is_one_line(exported, phantom_root, tmp_path, caplog,
                                                                     capsys) -> None:
-    from vasseg.engine.run import train_experiment
-
     exp = tiny_experiment(phantom_root, tmp_path / "runs", "supervised", data={"num_val": 0},
                           train={"iterations": 1, "ckpt_every": 1, "init_from": str(exported["fp16"])})
     with caplog.at_level("INFO", logger="vasseg"):
@@ -166,3 +169,38 @@ def test_init_from_in_training_is_logged_and_a_mismatch_is_one_line(exported, ph
                      "data.labeled=4", "--out-dir", str(tmp_path / "other"), "--quiet")
     assert f"{exported['fp16']}: weights do not fit the network (Error(s) in loading state_dict for VNet" in line
     assert not list((tmp_path / "other").glob("*"))
+
+
+def test_a_prepared_ct_model_file_needs_nothing_else(tmp_path: Path) -> None:
+    """A multi-organ run's model file carries its HU window, shape and label map: with the dataset
+    and the run folder gone it still writes source ids on the CT's own grid, with probabilities."""
+    source = write_synthetic_ct_dataset(tmp_path / "ct", 3, (32, 32, 16), seed=5)
+    prepared = prepare_dataset([source], tmp_path / "prep", PrepareOptions(shape=(32, 32, 16), test_fraction=0.0),
+                               progress=False)
+    exp = load_config(REPO / "configs/mo_cpu/supervised_14.yaml", [
+        f"data.root={prepared}", "data.labeled=3", "data.labeled_bs=2", "data.patch_size=[16,16,16]",
+        "model.filters=4", "eval.stride=[16,16,16]", "train.iterations=1", "train.ckpt_every=1",
+        "train.device=cpu", "run.tensorboard=false", f"run.out_dir={tmp_path / 'runs'}", "train.progress=false"])
+    run_dir = train_experiment(exp, evaluate_val=False)
+    image = source / "img" / "img0002.nii.gz"  # stored LPS
+    expected = vasseg.load_model(run_dir, device="cpu").predict(image)
+    model_path = export_run(run_dir, tmp_path / "mo.safetensors", dtype="fp32")
+    shutil.rmtree(prepared)
+    shutil.rmtree(run_dir)
+    out = tmp_path / "seg.nii.gz"
+    assert main(["predict", str(model_path), str(image), str(out), "--save-probabilities", "--device", "cpu",
+                 "--quiet"]) == 0
+    labels = np.asarray(nib.load(str(out)).dataobj)
+    assert labels.shape == nib.load(str(image)).shape and np.array_equal(labels, expected)
+    with np.load(tmp_path / "seg.npz") as npz:
+        probs, ids = npz["probabilities"].astype(np.float32), npz["label_ids"]
+    assert ids.tolist() == [0, 1, 3, 4, 5, 6, 7, 11, 14]  # BTCV ids of the 8 organs
+    assert np.abs(probs.sum(0) - 1).max() <= 5e-3
+    top2 = np.sort(probs, axis=0)[-2:]
+    differ = ids[probs.argmax(0)] != labels
+    assert (top2[1] - top2[0] < 2e-3)[differ].all()  # only float16 near-ties differ
+
+
+def test_a_fine_tuned_run_gets_its_own_folder() -> None:
+    plain, tuned = build_experiment({}), build_experiment({"train": {"init_from": "/models/la.safetensors"}})
+    assert run_name(plain) != run_name(tuned)

@@ -367,6 +367,8 @@ def config_hash(exp: Experiment) -> str:
     content.pop("run")
     for key in ("progress", "log_every"):
         content["train"].pop(key)
+    if not content["train"]["init_from"]:
+        del content["train"]["init_from"]  # runs made before the option keep their folder names
     blob = json.dumps(content, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:8]
 
