@@ -2,12 +2,14 @@
 
 Failure behaviour (see the README's "Failure behaviour"): everything a run can check cheaply is
 checked before the first step (output folder writable, every case readable and usable for
-training); a run folder created by a run that fails before its first step is removed again, so
-nothing half-made is left behind; evaluation results appear as a complete folder or not at all.
+training); one training at a time holds a run folder (a second is refused); a run folder created
+by a run that fails before its first step is removed again, so nothing half-made is left behind;
+evaluation results appear as a complete folder or not at all.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -32,6 +34,7 @@ from vasseg.engine.setup import (
 )
 from vasseg.engine import distributed
 from vasseg.engine.distributed import DistInfo
+from vasseg.engine.lock import run_lock
 from vasseg.engine.trainer import Trainer
 from vasseg.atomic import atomic_dir
 from vasseg.methods import get_method
@@ -87,7 +90,8 @@ def start_trainer(exp: Experiment, data: DataBundle, run_dir: Path, device: torc
 def train_experiment(exp: Experiment, resume: bool = False, evaluate_val: bool = True) -> Path:
     """Train ``exp`` (resuming its latest checkpoint when asked); returns the run folder.
 
-    Under ``torchrun`` every process calls this; rank 0 alone writes the run folder.
+    Under ``torchrun`` every process calls this; rank 0 alone writes the run folder and holds
+    its lock (:mod:`vasseg.engine.lock`) from before the folder is made until training ends.
     """
     exp = absolute_out_dir(exp)
     method_cls = get_method(exp.method.name)
@@ -96,18 +100,24 @@ def train_experiment(exp: Experiment, resume: bool = False, evaluate_val: bool =
         check_output_dir(Path(exp.run.out_dir))
         data = build_data(exp, method_cls, progress=exp.train.progress and info.is_main)
         check_training_data(exp, data)
-        run_dir = _open_run_dir(exp, data, resume, info)
-        handler = attach_file_log(run_dir) if info.is_main else None
-        try:
-            trainer = _start_or_clean(exp, data, run_dir, device, resume, info)
-            log.info("run folder: %s (device %s, rank %d of %d)", run_dir, device, info.rank, info.world_size)
-            trainer.fit()
-            if evaluate_val and data.val is not None and info.is_main:
-                evaluate_val_split(exp, trainer, data, run_dir, device)
-        finally:
-            _detach(handler)
+        with run_lock(run_dir_for(exp)) if info.is_main else contextlib.nullcontext():
+            return _train_in_run_dir(exp, data, resume, evaluate_val, info, device)
     finally:
         distributed.shutdown()
+
+
+def _train_in_run_dir(exp: Experiment, data: DataBundle, resume: bool, evaluate_val: bool, info: DistInfo,
+                      device: torch.device) -> Path:
+    run_dir = _open_run_dir(exp, data, resume, info)
+    handler = attach_file_log(run_dir) if info.is_main else None
+    try:
+        trainer = _start_or_clean(exp, data, run_dir, device, resume, info)
+        log.info("run folder: %s (device %s, rank %d of %d)", run_dir, device, info.rank, info.world_size)
+        trainer.fit()
+        if evaluate_val and data.val is not None and info.is_main:
+            evaluate_val_split(exp, trainer, data, run_dir, device)
+    finally:
+        _detach(handler)
     return run_dir
 
 
