@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -77,3 +78,32 @@ def tiny(phantom_root: Path, tmp_path: Path):
         return tiny_experiment(phantom_root, tmp_path / "runs", method, **sections)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def trained(phantom_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A two-step supervised run on the phantoms (never modified: copy it to break it)."""
+    from vasseg.engine.run import train_experiment
+
+    exp = tiny_experiment(phantom_root, tmp_path_factory.mktemp("trained"), "supervised",
+                          data={"num_val": 0}, train={"iterations": 2, "ckpt_every": 2})
+    return train_experiment(exp)
+
+
+@pytest.fixture
+def run_copy(trained: Path, tmp_path: Path) -> Path:
+    """A copy of :func:`trained` to break, named like it (so ``--resume`` finds it under ``runs``)."""
+    return Path(shutil.copytree(trained, tmp_path / "runs" / trained.name))
+
+
+@pytest.fixture
+def image(tmp_path: Path) -> Path:
+    """A valid 20^3 NIfTI input."""
+    import nibabel as nib
+    import numpy as np
+
+    path = tmp_path / "in" / "scan.nii.gz"
+    path.parent.mkdir()
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).normal(size=(20, 20, 20)).astype(np.float32), np.eye(4)),
+             str(path))
+    return path

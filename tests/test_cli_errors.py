@@ -124,10 +124,10 @@ def test_bad_case_file(kind: str, root: Path, tmp_path: Path, capsys) -> None:
     assert listing(tmp_path / "runs") == []
 
 
-def test_missing_case_names_the_root_and_the_id(root: Path, tmp_path: Path, capsys) -> None:
+def test_missing_case_names_the_root_the_list_file_and_the_id(root: Path, tmp_path: Path, capsys) -> None:
     shutil.rmtree(_case_file(root).parent)
     line = cli_error(capsys, "train", "--config", str(_config(root, tmp_path)))
-    assert f"LA root {root}: 1 of 2 cases listed in the id list are missing: {CASE}" in line
+    assert f"LA root {root}: 1 of 2 cases listed in {root / 'train.list'} are missing: {CASE}" in line
     assert listing(tmp_path / "runs") == []
 
 
@@ -175,6 +175,13 @@ def test_missing_or_invalid_config_file(tmp_path: Path, capsys) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("data: [unclosed\n")
     assert f"{bad}: invalid YAML" in cli_error(capsys, "train", "--config", str(bad))
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes(b"train:\n  lr: 0.1  # caf\xe9\n")
+    assert f"{latin}: config is not UTF-8 text (byte 0xe9" in cli_error(capsys, "train", "--config", str(latin))
+    loop = tmp_path / "loop.yaml"
+    loop.write_text("base: loop.yaml\n")
+    line = cli_error(capsys, "train", "--config", str(loop))
+    assert line.endswith(f"{loop}: the base: chain loops ({loop} -> {loop})")
 
 
 def test_output_folder_that_cannot_be_created(root: Path, tmp_path: Path, capsys) -> None:
@@ -187,7 +194,7 @@ def test_output_folder_that_cannot_be_created(root: Path, tmp_path: Path, capsys
 
 def test_read_only_output_folder(root: Path, tmp_path: Path, capsys, monkeypatch) -> None:
     # Tests may run as root, which chmod cannot stop: stand in for a read-only mount.
-    monkeypatch.setattr("vasseg.engine.run.os.access", lambda path, mode: Path(path) != tmp_path)
+    monkeypatch.setattr("vasseg.atomic.os.access", lambda path, mode: Path(path) != tmp_path)
     line = cli_error(capsys, "train", "--config", str(_config(root, tmp_path)), "--out-dir", str(tmp_path / "x"))
     assert f"{tmp_path / 'x'}: output folder is not writable ({tmp_path} is read-only)" in line
 

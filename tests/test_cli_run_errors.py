@@ -24,33 +24,8 @@ import vasseg.engine.run as run_module
 from vasseg.cli import main
 from vasseg.data.la import read_h5_case
 from vasseg.data.volumes import DataError
-from vasseg.engine.run import train_experiment
 
 from tests.clitools import cli_error, listing
-from tests.conftest import tiny_experiment
-
-
-@pytest.fixture(scope="module")
-def trained(phantom_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A two-step supervised run on the phantoms (never modified: copy it to break it)."""
-    exp = tiny_experiment(phantom_root, tmp_path_factory.mktemp("trained"), "supervised",
-                          data={"num_val": 0}, train={"iterations": 2, "ckpt_every": 2})
-    return train_experiment(exp)
-
-
-@pytest.fixture
-def run_copy(trained: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(trained, tmp_path / "run"))
-
-
-@pytest.fixture
-def image(tmp_path: Path) -> Path:
-    """A valid 20^3 NIfTI input."""
-    path = tmp_path / "in" / "scan.nii.gz"
-    path.parent.mkdir()
-    nib.save(nib.Nifti1Image(np.random.default_rng(0).normal(size=(20, 20, 20)).astype(np.float32), np.eye(4)),
-             str(path))
-    return path
 
 
 def _predict(capsys, run: Path, image: Path, out: Path) -> str:

@@ -3,11 +3,13 @@
 A file is written to a temporary name in its own folder, flushed and fsynced, then renamed over
 the target (``os.replace`` is atomic within one file system); the folder is fsynced so that the
 rename itself survives a crash. A folder is filled under a temporary name and swapped in place.
-Checkpoints, logs, predictions and evaluation folders all go through here.
+Checkpoints, logs, predictions, evaluation folders and reports all go through here; so do the
+early check that an output folder can be written and the one-line error of a full disk.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -16,6 +18,30 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
+
+from vasseg.typed import ConfigError
+
+# Errors with which storage refuses a write (rather than a path being wrong): full disk, quota,
+# file-size limit, read-only file system.
+STORAGE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
+
+
+class WriteError(OSError):
+    """An output could not be written; the one-line message names it and what was kept."""
+
+
+def check_output_dir(folder: Path) -> None:
+    """Fail now, not after hours of work, when ``folder`` cannot be created or written.
+
+    ``os.access`` also reports a read-only file system (EROFS), for root too.
+    """
+    probe = folder
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(f"{folder}: cannot create the output folder ({probe} is not a folder)")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"{folder}: output folder is not writable ({probe} is read-only)")
 
 
 def fsync_file(path: Path) -> None:
@@ -99,3 +125,19 @@ def _swap_dir(new: Path, final: Path) -> None:
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def published_dir(final: Path | str, what: str) -> Iterator[Path]:
+    """:func:`atomic_dir`, and storage refusing a write (disk full, quota, read-only) becomes one
+    `WriteError` line naming ``final``: the write itself usually fails without naming its file."""
+    final = Path(final)
+    try:
+        with atomic_dir(final) as tmp:
+            yield tmp
+    except OSError as exc:
+        if exc.errno not in STORAGE_ERRORS:
+            raise
+        kept = "the previous one is untouched" if final.exists() else "nothing was left behind"
+        where = f": {exc.filename}" if exc.filename else ""
+        raise WriteError(f"{final}: could not write {what} ({exc.strerror}{where}); {kept}") from None

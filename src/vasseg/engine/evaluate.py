@@ -154,23 +154,27 @@ def _row(case_id: str, cls: int, vox: CaseMetrics, mm: CaseMetrics, factor: floa
                assd_mm=mm.assd * factor, status=vox.status, grid=grid)
 
 
-def evaluate_cases(method: Method, cases: VolumeSet, exp: Experiment, device: torch.device,
-                   progress: bool = True) -> list[Row]:
+def evaluate_cases(method: Method, cases: VolumeSet | Iterable[Case], exp: Experiment, device: torch.device,
+                   progress: bool = True, total: int | None = None) -> list[Row]:
     """Predict and score every case on every grid of :func:`scoring_grids`; the method is left in
     eval mode. Rows of the primary grid come first for each case.
 
     Metrics of case i run on a worker thread while case i+1 is being predicted (the network
     releases the GIL, so on a GPU the surface distances of one case hide behind the inference of
-    the next); the rows keep the order of the cases.
+    the next); the rows keep the order of the cases. ``cases`` may be an iterator that reads each
+    case when asked (``total``: their number, for the progress bar): at most two cases' arrays
+    are alive at once, so memory does not grow with the number of cases.
     """
     method.eval()
     grids = scoring_grids(exp)
     pending: list[Future[list[Row]]] = []
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="metrics") as pool:
-        for case in tqdm(list(cases), desc="evaluate", disable=not progress, dynamic_ncols=True):
+        for case in tqdm(cases, total=total, desc="evaluate", disable=not progress, dynamic_ncols=True):
             probs = case_probs(method, case, exp, device)
             grid_maps = [on_grid(probs, case, exp, grid) for grid in grids]  # device -> host here
             del probs
+            if pending:
+                pending[-1].result()  # one case's maps in the queue at most, however slow the metrics
             pending.append(pool.submit(_score_grids, case.id, grid_maps, grids, exp))
         return [row for future in pending for row in future.result()]
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import os
 import shutil
+import sys
 from pathlib import Path
 
 import torch
@@ -26,7 +26,7 @@ from vasseg.engine.setup import (
     DataBundle,
     build_data,
     build_method,
-    load_cases,
+    iter_cases,
     prepare_run_dir,
     run_dir_for,
     seed_everything,
@@ -36,7 +36,7 @@ from vasseg.engine import distributed
 from vasseg.engine.distributed import DistInfo
 from vasseg.engine.lock import run_lock
 from vasseg.engine.trainer import Trainer
-from vasseg.atomic import atomic_dir
+from vasseg.atomic import check_output_dir, published_dir
 from vasseg.methods import get_method
 
 log = logging.getLogger(__name__)
@@ -48,22 +48,21 @@ def absolute_out_dir(exp: Experiment) -> Experiment:
     return dataclasses.replace(exp, run=dataclasses.replace(exp.run, out_dir=out))
 
 
+class RunLogHandler(logging.FileHandler):
+    """``train.log``. A record that cannot be written (disk full) is dropped without logging's
+    traceback on the console: the write that needs the space (a checkpoint) reports the full disk
+    in one line, and a traceback per dropped record would bury that line."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handleError(record)
+
+
 def attach_file_log(run_dir: Path) -> logging.Handler:
-    handler = logging.FileHandler(run_dir / "train.log")
+    handler = RunLogHandler(run_dir / "train.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger("vasseg").addHandler(handler)
     return handler
-
-
-def check_output_dir(folder: Path) -> None:
-    """Fail now, not after hours of work, when ``folder`` cannot be created or written."""
-    probe = folder
-    while not probe.exists() and probe.parent != probe:
-        probe = probe.parent
-    if not probe.is_dir():
-        raise ConfigError(f"{folder}: cannot create the output folder ({probe} is not a folder)")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise ConfigError(f"{folder}: output folder is not writable ({probe} is read-only)")
 
 
 def check_training_data(exp: Experiment, data: DataBundle) -> None:
@@ -156,7 +155,7 @@ def evaluate_val_split(exp: Experiment, trainer: Trainer, data: DataBundle, run_
                        device: torch.device) -> None:
     """Score the last weights on the validation split into ``run_dir/eval/val_last``."""
     rows = evaluate_cases(trainer.method, data.val, exp, device, progress=exp.train.progress)
-    with atomic_dir(run_dir / "eval" / "val_last") as tmp:
+    with published_dir(run_dir / "eval" / "val_last", "the evaluation results") as tmp:
         table = write_results(rows, summarize_rows(rows), tmp, exp.method.name, str(exp.data.labeled),
                               "Validation split, last checkpoint.", exp.data.class_names)
     log.info("validation split, last checkpoint:\n%s", table)
@@ -168,23 +167,25 @@ def _detach(handler: logging.Handler | None) -> None:
         handler.close()
 
 
-def split_ids(exp: Experiment, run_dir: Path, split: str) -> list[str]:
-    """Case ids of a named split: val/labeled/unlabeled from the run's split file, test from test.list."""
+def split_ids(exp: Experiment, run_dir: Path, split: str) -> tuple[list[str], str]:
+    """Case ids of a named split and the file they come from (for messages): val/labeled/unlabeled
+    from the run's split file, test from test.list, or an id-list file."""
     from vasseg.data.la import read_id_list
     from vasseg.data.splits import read_split
     from vasseg.engine.setup import data_root
 
     if split == "test":
-        return read_id_list(data_root(exp) / exp.data.test_list)
-    recorded = read_split(run_dir / "split.yaml")
+        path = data_root(exp) / exp.data.test_list
+        return read_id_list(path), str(path)
     if split in ("val", "labeled", "unlabeled"):
+        recorded = read_split(run_dir / "split.yaml")
         ids = list(getattr(recorded, split))
         if not ids:
             raise ValueError(f"{run_dir / 'split.yaml'}: the run has no {split} cases")
-        return ids
+        return ids, f"{run_dir / 'split.yaml'} ({split})"
     path = Path(split)
     if path.is_file():
-        return read_id_list(path)
+        return read_id_list(path), str(path)
     if path.suffix or len(path.parts) > 1:
         raise DataError(f"{path}: id-list file not found")
     raise ValueError(f"split {split!r}: choose val, test, labeled, unlabeled or an id-list file")
@@ -193,19 +194,23 @@ def split_ids(exp: Experiment, run_dir: Path, split: str) -> list[str]:
 def evaluate_run(target: str | Path, split: str = "val", checkpoint: str = "last",
                  data_root: str | None = None, device: str = "auto", out: str | None = None,
                  progress: bool = True) -> tuple[Path, str]:
-    """Evaluate a run (or checkpoint) on a split; returns the output folder and the table."""
+    """Evaluate a run (or checkpoint) on a split; returns the output folder and the table.
+
+    Cases are read one at a time (memory does not grow with their number); the output folder
+    appears complete or not at all.
+    """
     overrides = (f"data.root={data_root}",) if data_root else ()
     dev = select_device(device)
     loaded = load_run(target, checkpoint, dev, overrides)
     exp = loaded.exp
-    ids = split_ids(exp, loaded.run_dir, split)
+    ids, source = split_ids(exp, loaded.run_dir, split)
     name = Path(split).stem if Path(split).is_file() else split
     out_dir = Path(out).expanduser() if out else loaded.run_dir / "eval" / f"{name}_{loaded.checkpoint.stem}"
     check_output_dir(out_dir)
-    cases = load_cases(exp, ids, progress=progress)
-    rows = evaluate_cases(loaded.method, cases, exp, dev, progress=progress)
+    cases = iter_cases(exp, ids, source)
+    rows = evaluate_cases(loaded.method, cases, exp, dev, progress=progress, total=len(ids))
     note = f"Split '{name}' ({len(ids)} cases), checkpoint {loaded.checkpoint.name} (step {loaded.step})."
-    with atomic_dir(out_dir) as tmp:
+    with published_dir(out_dir, "the evaluation results") as tmp:
         table = write_results(rows, summarize_rows(rows), tmp, exp.method.name, str(exp.data.labeled), note,
                               exp.data.class_names)
     return out_dir, table

@@ -11,13 +11,14 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
 
 from vasseg.config import ConfigError, Experiment, dump_yaml, run_name
 from vasseg.data.splits import Split, make_split, write_split
-from vasseg.data.volumes import VolumeSet
+from vasseg.data.volumes import Case, DataError, VolumeSet, rescale_case, validate_case
 from vasseg.methods import get_method
 from vasseg.methods.base import Method
 
@@ -93,13 +94,17 @@ def experiment_split(exp: Experiment) -> Split:
     return make_split(train_ids, exp.data.labeled, exp.data.num_val, exp.data.val_ids or None)
 
 
-def load_cases(exp: Experiment, ids: list[str], progress: bool = True) -> VolumeSet:
-    """Read (and validate) the cases ``ids`` of the experiment's dataset, on the CPU."""
+def load_cases(exp: Experiment, ids: list[str], progress: bool = True,
+               list_name: str = "the id list") -> VolumeSet:
+    """Read (and validate) the cases ``ids`` of the experiment's dataset, on the CPU.
+
+    ``list_name``: how an error about missing cases names the source of ``ids`` (its list file).
+    """
     root = data_root(exp)
     if exp.data.dataset == "la":
         from vasseg.data.la import check_cases_exist, load_la
 
-        check_cases_exist(root, ids)
+        check_cases_exist(root, ids, list_name)
         cases = load_la(root, ids, scale=exp.data.scale, spacing=exp.data.spacing, progress=progress,
                         num_classes=exp.data.num_classes)
     else:  # "prepared": the output of `vasseg prepare`
@@ -111,15 +116,55 @@ def load_cases(exp: Experiment, ids: list[str], progress: bool = True) -> Volume
     return cases
 
 
+def iter_cases(exp: Experiment, ids: list[str], list_name: str) -> Iterator[Case]:
+    """The validated cases ``ids`` one at a time, each read when the previous one is done with, so
+    that evaluating many cases needs the memory of one. Missing files are reported before any case
+    is read (one error names them all); a corrupt file stops the iteration when it is reached."""
+    check_listed_cases(exp, ids, list_name)
+    return (read_case(exp, case_id) for case_id in ids)
+
+
+def check_listed_cases(exp: Experiment, ids: list[str], list_name: str) -> None:
+    """One error naming every id without a file (and, for prepared data, a class-list mismatch)."""
+    root = data_root(exp)
+    if exp.data.dataset == "la":
+        from vasseg.data.la import check_cases_exist
+
+        check_cases_exist(root, ids, list_name)
+        return
+    from vasseg.data.prepared import case_path, check_classes
+
+    check_classes(root, exp.data.num_classes, exp.data.class_names)
+    if missing := [i for i in ids if not case_path(root, i).is_file()]:
+        raise DataError(f"{root}: {len(missing)} of {len(ids)} cases listed in {list_name} have no file: "
+                        f"{', '.join(missing)}")
+
+
+def read_case(exp: Experiment, case_id: str) -> Case:
+    """One validated case at the experiment's scale: image ``(1, X, Y, Z)``, label ``(X, Y, Z)``."""
+    root, d = data_root(exp), exp.data
+    if d.dataset == "la":
+        from vasseg.data.la import read_la_case
+
+        case = rescale_case(read_la_case(root, case_id, d.num_classes, d.spacing), d.scale, d.num_classes)
+    else:
+        from vasseg.data.prepared import load_prepared
+
+        case = load_prepared(root, [case_id], scale=d.scale, progress=False)[0]
+    validate_case(case, d.num_classes)
+    return case
+
+
 def build_data(exp: Experiment, method_cls: type[Method], progress: bool = True) -> DataBundle:
     """Load the labeled, unlabeled (if the method uses them) and validation volumes."""
     split = experiment_split(exp)
     wants_unlabeled = method_cls.uses_unlabeled and exp.data.unlabeled_bs > 0
     if wants_unlabeled and not split.unlabeled:
         raise ConfigError(f"method {method_cls.name!r} needs unlabeled cases but the split has none")
-    labeled = load_cases(exp, split.labeled, progress)
-    unlabeled = load_cases(exp, split.unlabeled, progress) if wants_unlabeled else None
-    val = load_cases(exp, split.val, progress) if split.val else None
+    listed = str(data_root(exp) / exp.data.train_list)
+    labeled = load_cases(exp, split.labeled, progress, listed)
+    unlabeled = load_cases(exp, split.unlabeled, progress, listed) if wants_unlabeled else None
+    val = load_cases(exp, split.val, progress, listed) if split.val else None
     return DataBundle(split=split, labeled=labeled, unlabeled=unlabeled, val=val)
 
 

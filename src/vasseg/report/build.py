@@ -10,6 +10,7 @@ import logging
 import time
 from pathlib import Path
 
+from vasseg.atomic import check_output_dir, published_dir
 from vasseg.report.collect import Group, group_runs, load_records, with_results
 from vasseg.report.document import Block, Heading, Paragraph, render_markdown
 from vasseg.report.features import parse_layer
@@ -77,24 +78,37 @@ def run_sections(ctx: Context) -> list[Block]:
     return blocks
 
 
-def clear_previous(out: Path) -> None:
-    """Remove the figures and tables an earlier report wrote here, so none is left stale."""
-    out.mkdir(parents=True, exist_ok=True)
-    for pattern in ("figures/*.png", "tables/*.csv", "tables/*/*.csv"):
-        for path in out.glob(pattern):
-            path.unlink()
+REPORT_ENTRIES = frozenset({"report.md", "report.html", "figures", "tables"})
+
+
+def check_report_dir(out: Path) -> None:
+    """Refuse, before any work, a folder that cannot be written or holds more than a report.
+
+    The new report replaces the folder as a whole (so a failure half-way, e.g. a full disk,
+    leaves the previous report intact); files that are not a report's are never deleted that way.
+    """
+    check_output_dir(out)
+    if out.is_dir():
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in REPORT_ENTRIES)
+        if foreign:
+            raise ValueError(f"{out}: holds {foreign[0]!r}, which is not part of a vasseg report; the report "
+                             f"replaces its folder as a whole, so give a new or empty --out folder")
 
 
 def build_report(paths: list[str | Path], out_dir: str | Path, options: ReportOptions | None = None) -> Path:
-    """Write the report for the runs under ``paths`` into ``out_dir``; returns ``report.html``."""
+    """Write the report for the runs under ``paths`` into ``out_dir``; returns ``report.html``.
+
+    The folder appears complete or not at all (a previous report stays as it was on failure).
+    """
     options = options or ReportOptions()
     check_options(options)
     out = Path(out_dir).expanduser().resolve()
-    ctx = make_context(paths, out, options)
-    clear_previous(out)
-    blocks: list[Block] = [Heading(options.title, 1), *runs_overview(ctx), *run_sections(ctx)]
-    (out / "report.md").write_text(render_markdown(blocks))
+    check_report_dir(out)
+    with published_dir(out, "the report") as tmp:
+        ctx = make_context(paths, tmp, options)
+        blocks: list[Block] = [Heading(options.title, 1), *runs_overview(ctx), *run_sections(ctx)]
+        (tmp / "report.md").write_text(render_markdown(blocks))
+        (tmp / "report.html").write_text(render_html(blocks, options.title))
     html = out / "report.html"
-    html.write_text(render_html(blocks, options.title))
     log.info("report: %s", html)
     return html
