@@ -33,12 +33,25 @@ from vasseg.data.synthetic import write_phantom_la_layout
 from vasseg.engine.run import train_experiment
 
 
+def peak_mib() -> float:
+    """This process's peak resident set size so far (``ru_maxrss`` is in KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def child(mode: str, run: str, ids: str) -> None:
-    """One measurement (in its own process): evaluate, then print the peak RSS in MiB."""
+    """One measurement (in its own process): evaluate, then print the peak RSS in MiB.
+
+    ``streamed`` also prints the peak before each case is read (``trace``): flat after the
+    first cases when nothing accumulates.
+    """
     if mode == "streamed":
+        import vasseg.engine.setup as setup
         from vasseg.cli import main
 
+        trace, read_case = [], setup.read_case
+        setup.read_case = lambda exp, case_id: (trace.append(peak_mib()), read_case(exp, case_id))[1]
         assert main(["evaluate", run, "--split", ids, "--device", "cpu", "--quiet", "--out", f"{ids}.eval"]) == 0
+        print("trace", *(f"{t:.0f}" for t in trace))
     else:
         import torch
 
@@ -52,7 +65,7 @@ def child(mode: str, run: str, ids: str) -> None:
         loaded = load_run(run, "last", torch.device("cpu"))
         cases = load_cases(loaded.exp, read_id_list(ids), progress=False)
         evaluate_cases(loaded.method, cases, loaded.exp, torch.device("cpu"), progress=False)
-    print(f"peak_rss_mib {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.1f}")
+    print(f"peak_rss_mib {peak_mib():.1f}")
 
 
 def train_tiny_run(root: Path, out: Path, shape: list[int]) -> Path:
@@ -67,12 +80,13 @@ def train_tiny_run(root: Path, out: Path, shape: list[int]) -> Path:
     return train_experiment(exp)
 
 
-def measure(mode: str, run: Path, ids: Path, malloc: str) -> float:
+def measure(mode: str, run: Path, ids: Path, malloc: str) -> tuple[float, list[str]]:
+    """(peak RSS in MiB, the streamed child's peaks before each case) of one child process."""
     env = dict(os.environ, VASSEG_MALLOC="system" if malloc == "system" else "")
     proc = subprocess.run([sys.executable, __file__, "_child", mode, str(run), str(ids)],
                           capture_output=True, text=True, check=True, env=env)
-    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("peak_rss_mib"))
-    return float(line.split()[1])
+    lines = {ln.split()[0]: ln.split()[1:] for ln in proc.stdout.splitlines() if ln.startswith(("peak", "trace"))}
+    return float(lines["peak_rss_mib"][0]), lines.get("trace", [])
 
 
 def main() -> None:
@@ -93,12 +107,16 @@ def main() -> None:
         print(f"volumes {tuple(args.shape)}: {case_mib:.1f} MiB of image + label per case in memory")
         print("| allocator | cases | streamed (vasseg evaluate) peak RSS | preloaded peak RSS |")
         print("|---|---|---|---|")
+        traces = {}
         for malloc in args.malloc:
             for n in args.cases:
                 ids = tmp_path / f"first_{n}.list"
                 ids.write_text("".join(f"{i}\n" for i in test_ids[:n]))
-                streamed, preloaded = (measure(mode, run, ids, malloc) for mode in ("streamed", "preloaded"))
+                streamed, traces[malloc] = measure("streamed", run, ids, malloc)
+                preloaded, _ = measure("preloaded", run, ids, malloc)
                 print(f"| {malloc} | {n} | {streamed:.0f} MiB | {preloaded:.0f} MiB |", flush=True)
+        for malloc, trace in traces.items():  # of the largest case count
+            print(f"{malloc}, streamed: peak RSS (MiB) before each case: {' '.join(trace)}")
 
 
 if __name__ == "__main__":

@@ -76,3 +76,16 @@ def test_intensity_ab_pairs_cases_over_evaluations_and_lists_the_darkest(phantom
     out = proc.stdout
     assert "6 paired cases" in out and "| A | 58.33 |" in out and "| B | 77.50 |" in out
     assert "B - A: mean +19.17 pp" in out and "| the other 4 |" in out
+
+@pytest.mark.slow
+def test_bench_eval_memory_prints_every_row(tmp_path: Path) -> None:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "src"))
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_eval_memory.py"), "--cases", "1", "2",
+                           "--shape", "32", "32", "16", "--malloc", "keep", "system"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [ln for ln in proc.stdout.splitlines() if ln.startswith(("| keep |", "| system |"))]
+    assert [r.split(" | ")[:2] for r in rows] == [["| keep", "1"], ["| keep", "2"], ["| system", "1"], ["| system", "2"]]
+    assert all("MiB" in r for r in rows)
+    traces = [ln for ln in proc.stdout.splitlines() if "peak RSS (MiB) before each case" in ln]
+    assert len(traces) == 2 and all(len(t.split(":")[-1].split()) == 2 for t in traces)

@@ -20,7 +20,7 @@ from tests.clitools import cli_error, listing, write_config
 from tests.conftest import tiny_raw
 from tests.faults import FullDisk, hidden
 
-EVAL = ("--split", "test", "--device", "cpu", "--quiet")
+EVAL = ("--split", "test", "--device", "cpu", "--quiet")  # the two test phantoms
 TABLES_ONLY = ("--skip", "boxplot,qualitative,features,snapshots,curves", "--eval", "test_last", "--quiet",
                "--device", "cpu")
 
@@ -131,3 +131,19 @@ def test_read_only_output_folders_of_every_command(read_only: Path, run_copy: Pa
     assert f"{read_only / 'runs'}: output folder is not writable ({read_only} is read-only)" in line
     assert listing(read_only) == [] and not (run_copy / "eval").exists()
     assert json.loads((run_copy / "env.json").read_text())  # the run itself untouched
+
+
+def test_disk_full_while_logging_scalars_names_the_file(phantom_root: Path, tmp_path: Path, capsys,
+                                                        monkeypatch) -> None:
+    from vasseg.config import build_experiment
+    from vasseg.engine.run import absolute_out_dir
+    from vasseg.engine.setup import run_dir_for
+
+    raw = tiny_raw(phantom_root, tmp_path / "runs", "supervised", data={"num_val": 0},
+                   train={"iterations": 4, "ckpt_every": 2, "log_every": 1})
+    config = write_config(tmp_path / "exp.yaml", raw)
+    scalars = run_dir_for(absolute_out_dir(build_experiment(raw))) / "scalars.jsonl"
+    FullDisk(monkeypatch, scalars, room=0)  # only this file meets the full disk
+    line = cli_error(capsys, "train", "--config", str(config), "--quiet")
+    assert line == (f"vasseg train: error: {scalars}: could not append scalars (No space left on device); the "
+                    f"run's last checkpoint is intact (a cut line is dropped on --resume)")

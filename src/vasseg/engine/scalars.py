@@ -17,7 +17,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from vasseg.atomic import atomic_write_bytes
+from vasseg.atomic import WriteError, atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +74,13 @@ class ScalarLog:
 
     def _write(self, rows: list[dict[str, Any]]) -> None:
         if self.enabled:
-            with self.path.open("a") as fh:
-                for row in rows:
-                    fh.write(json.dumps(row) + "\n")
+            try:
+                with self.path.open("a") as fh:
+                    for row in rows:
+                        fh.write(json.dumps(row) + "\n")
+            except OSError as exc:  # a full disk: the write itself does not name the file
+                raise WriteError(f"{self.path}: could not append scalars ({exc.strerror or exc}); the "
+                                 f"run's last checkpoint is intact (a cut line is dropped on --resume)") from None
             if self.writer is not None:
                 for row in rows:
                     for key, value in row.items():
