@@ -10,6 +10,8 @@ import logging
 import time
 from pathlib import Path
 
+from tqdm import tqdm
+
 from vasseg.atomic import check_output_dir, published_dir
 from vasseg.report.collect import Group, group_runs, load_records, with_results
 from vasseg.report.document import Block, Heading, Paragraph, render_markdown
@@ -65,9 +67,11 @@ def run_sections(ctx: Context) -> list[Block]:
     from vasseg.engine.checkpoint import CheckpointError
 
     blocks: list[Block] = []
-    for name, section in SECTIONS.items():
-        if name in ctx.options.skip:
-            continue
+    names = [name for name in SECTIONS if name not in ctx.options.skip]
+    bar = tqdm(names, desc="report", unit="section", disable=not ctx.options.progress, dynamic_ncols=True)
+    for name in bar:
+        bar.set_postfix_str(name)
+        section = SECTIONS[name]
         started = time.perf_counter()
         try:
             blocks += section(ctx)
