@@ -107,3 +107,18 @@ def test_a_bad_config_stops_the_sweep_before_any_run(phantom_root: Path, tmp_pat
     proc = _sweep("--configs", str(good), str(tmp_path / "missing.yaml"), "--out", str(out))
     assert proc.returncode == 2 and "missing.yaml" in proc.stderr and len(proc.stderr.splitlines()) == 1
     assert not out.exists()
+
+
+def test_auto_concurrency_fills_the_gpu_after_measuring_the_first_run(monkeypatch, tmp_path: Path) -> None:
+    import vasseg.engine.sweep as sweep
+
+    jobs = [sweep.Job("c.yaml", s, None, [], tmp_path / f"r{s}", 10, f"r{s}") for s in range(6)]
+    jobs[0].phase = "train"
+    runner = sweep.Sweep(jobs, tmp_path, None, on_cpu=False)
+    monkeypatch.setattr(sweep, "probe_memory", lambda job, free_before: None)  # no step logged yet
+    assert runner._maybe_fill(1, {})[0] == 1 and runner.jobs_at_once is None
+    monkeypatch.setattr(sweep, "probe_memory", lambda job, free_before: 20_000.0)
+    monkeypatch.setattr(sweep, "gpu_free_mib", lambda: 100_000.0)
+    monkeypatch.setattr(sweep.os, "cpu_count", lambda: 16)
+    limit, _ = runner._maybe_fill(1, {})
+    assert limit == runner.jobs_at_once == 5  # 1 measured + 4 of 20 GB x 1.15 in 100 GB free
