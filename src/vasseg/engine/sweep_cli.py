@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     on_cpu = not uses_cuda(jobs)
     at_once = parse_jobs(args.jobs)
     if at_once is None and on_cpu:
-        at_once = 1  # two trainings on 2 cores are slower than one after the other (RESULTS.md)
+        at_once = 1  # 2 at once on 2 cores: 1.11x runs/hour for 2x the memory (RESULTS.md §9)
     bar = tqdm(total=sum(j.iterations for j in jobs), desc="sweep", unit="step", disable=args.quiet, smoothing=0)
 
     def progress(done: int, total: int, status: str) -> None:
