@@ -20,7 +20,7 @@ case "$stage" in
       --steps 20 --warmup 5 --workers 4 --json "$OUT/steps_lineage.json"
     python3 benchmarks/bench_eval.py evaluate --cases 20 --device cuda ;;
   sweep)  # the CPU-scale LA protocol (fp32 as on CPU), several seeds, several runs at a time
-    python3 benchmarks/sweep.py --configs "$@" --seeds 1337 1338 --parallel 7 --out /tmp/sweep \
+    python3 -m vasseg sweep --configs "$@" --seeds 1337 1338 --jobs 7 --out /tmp/sweep \
       -- data.root=/tmp/LA train.device=cuda train.amp=none
     tar czf "$OUT/sweep.tgz" --exclude=checkpoints --exclude=tb -C /tmp sweep ;;
   full)   # a full-resolution run in the background (survives this command while the machine is held)

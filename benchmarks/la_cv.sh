@@ -9,8 +9,8 @@ set -euo pipefail
 out=${1:?usage: benchmarks/la_cv.sh OUT [override ...]}; shift
 here=$(cd "$(dirname "$0")/.." && pwd)
 py=${PYTHON:-python}
-"$py" "$here/benchmarks/sweep.py" ${RESUME:+--resume} --configs "$here"/configs/la_cv/{vas,supervised,mean_teacher}_8.yaml \
+"$py" -m vasseg sweep --jobs 1 ${RESUME:+--resume} --configs "$here"/configs/la_cv/{vas,supervised,mean_teacher}_8.yaml \
     --seeds 1337 1338 1339 --folds 0 1 2 --out "$out" -- "$@"
-"$py" "$here/benchmarks/sweep.py" ${RESUME:+--resume} --configs "$here/configs/la_cv/supervised_8.yaml" --seeds 1339 --folds 2 \
+"$py" -m vasseg sweep --jobs 1 ${RESUME:+--resume} --configs "$here/configs/la_cv/supervised_8.yaml" --seeds 1339 --folds 2 \
     --out "${out%/}_intensity_file" -- data.intensity=file "$@"
 "$py" -m vasseg report "$out" --eval val_last --reference mean_teacher --out "$out/report"

@@ -46,7 +46,7 @@ def test_sweep_pairs_seeds_with_folds_and_resume_skips_finished_runs(phantom_roo
     config = tmp_path / "sup.yaml"
     config.write_text(yaml.safe_dump(raw))
     out = tmp_path / "sweep"
-    cmd = [sys.executable, str(REPO / "benchmarks" / "sweep.py"), "--configs", str(config), "--seeds", "3", "4",
+    cmd = [sys.executable, "-m", "vasseg", "sweep", "--configs", str(config), "--seeds", "3", "4",
            "--folds", "0", "1", "--out", str(out), "--", "run.tensorboard=false"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
@@ -57,7 +57,7 @@ def test_sweep_pairs_seeds_with_folds_and_resume_skips_finished_runs(phantom_roo
     again = subprocess.run([*cmd[:-2], "--resume", "--", "run.tensorboard=false"], capture_output=True,
                            text=True, timeout=600)
     assert again.returncode == 0 and again.stdout == ""  # both finished: nothing to run
-    bad = subprocess.run([*cmd[:7], "--folds", "0", "--out", str(out)], capture_output=True, text=True)
+    bad = subprocess.run([*cmd[:9], "--folds", "0", "--out", str(out)], capture_output=True, text=True)
     assert bad.returncode == 2 and "1 folds for 2 seeds" in bad.stderr
 
 
@@ -89,3 +89,58 @@ def test_bench_eval_memory_prints_every_row(tmp_path: Path) -> None:
     assert all("MiB" in r for r in rows)
     traces = [ln for ln in proc.stdout.splitlines() if "peak RSS (MiB) before each case" in ln]
     assert len(traces) == 2 and all(len(t.split(":")[-1].split()) == 2 for t in traces)
+
+
+def _quantised_la(source: Path, root: Path) -> None:
+    """The phantoms of ``source`` as 8-bit z-scored images (what LA files hold, and what pack takes)."""
+    import shutil
+
+    import h5py
+    import numpy as np
+
+    shutil.copytree(source, root)
+    for path in root.glob("2018LA_Seg_Training Set/*/mri_norm2.h5"):
+        with h5py.File(path, "r+") as h:
+            image = h["image"][...]
+            levels = np.round((image - image.min()) / (np.ptp(image) + 1e-8) * 199)
+            del h["image"]
+            h["image"] = ((levels - levels.mean()) / levels.std()).astype(np.float32)
+
+
+def test_gpu_table_recipe_sweeps_then_evaluates_a_packed_test_split(phantom_root: Path, tmp_path: Path) -> None:
+    import yaml
+
+    from tests.conftest import tiny_raw
+
+    _quantised_la(phantom_root, tmp_path / "la_home")
+    packs = tmp_path / "checkout"
+    for name, lists in ((".lapack", ["train.list"]), (".lapack_test", ["test.list"])):
+        cmd = [sys.executable, "-m", "vasseg.data.pack", "pack", str(tmp_path / "la_home"), str(packs / name)]
+        subprocess.run(cmd + [a for lst in lists for a in ("--list", lst)], check=True, capture_output=True)
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    raw = tiny_raw(phantom_root, tmp_path / "unused", "supervised", data={"num_val": 2, "unlabeled_bs": 0},
+                   train={"iterations": 2, "ckpt_every": 2}, run={"tensorboard": False})
+    raw.pop("run")
+    (configs / "supervised_t.yaml").write_text(yaml.safe_dump(raw))
+    env = dict(os.environ, PYTHON=sys.executable, LA=str(tmp_path / "LA"), RUNS=str(tmp_path / "table"),
+               OUT=str(tmp_path / "out"), PACKS=str(packs), CONFIGS=str(configs), METHODS="supervised",
+               SEEDS="7 8")
+
+    def stage(*args: str) -> str:
+        proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_table.sh"), *args], capture_output=True,
+                              text=True, env=env, timeout=900)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc.stdout
+
+    stage("unpack")
+    assert len(list((tmp_path / "LA" / "2018LA_Seg_Training Set").iterdir())) == 12  # 10 train + 2 test
+    assert "sweep started: 1 configs x seeds 7 8" in stage("start", "t", "train.device=cpu")
+    assert "sweep finished" in stage("poll", "600") and (tmp_path / "out" / "table.tgz").is_file()
+    assert "2 runs evaluated on the test split" in stage("test")
+    runs = sorted(p.parent for p in (tmp_path / "table").glob("*/model.safetensors"))
+    for run in runs:
+        ids = [line.split(",")[0] for line in (run / "eval" / "test_last" / "cases.csv").read_text().splitlines()[1:]]
+        assert sorted(set(ids)) == sorted((tmp_path / "LA" / "test.list").read_text().split())
+    report = (tmp_path / "table" / "report" / "report.md").read_text()
+    assert "test split" in report and (tmp_path / "out" / "report.tgz").is_file()

@@ -99,6 +99,7 @@ PLUGIN_COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("vasseg.data.prepare_cli",
                 "prepare a NIfTI dataset (BTCV, MSD or plain image/label pairs) for training"),
     "report": ("vasseg.report.cli", "tables and figures (markdown + HTML + PNG) from run folders"),
+    "sweep": ("vasseg.engine.sweep_cli", "train configs x seeds x overrides, several runs at once, with a summary"),
 }
 
 

@@ -65,3 +65,20 @@ def test_corrupt_chunk_is_a_one_line_cli_error(tmp_path: Path, capsys: pytest.Ca
     errors = [ln for ln in capsys.readouterr().err.splitlines() if "error" in ln.lower()]
     assert len(errors) == 1 and "chunk_000.zip: unreadable chunk" in errors[0]
     assert "Traceback" not in errors[0]
+
+
+def test_a_test_split_pack_unpacks_beside_the_train_pack(tmp_path: Path) -> None:
+    ids = _write_la(tmp_path / "la", 5)
+    (tmp_path / "la" / "train.list").write_text("\n".join(ids[:3]) + "\n")
+    (tmp_path / "la" / "test.list").write_text("\n".join(ids[3:]) + "\n")
+    pack_la(tmp_path / "la", tmp_path / "train_pack")
+    assert main(["pack", str(tmp_path / "la"), str(tmp_path / "test_pack"), "--list", "test.list"]) == 0
+    assert sorted(unpack_la(tmp_path / "train_pack", tmp_path / "out")) == ids[:3]
+    assert sorted(unpack_la(tmp_path / "test_pack", tmp_path / "out")) == ids[3:]
+    assert sorted(p.name for p in (tmp_path / "out" / TRAIN_DIR).iterdir()) == ids
+    assert (tmp_path / "out" / "test.list").read_text().split() == ids[3:]
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "test.list").write_text("SOMEONE_ELSE\n")
+    with pytest.raises(DataError, match="other/test.list: exists with other ids"):
+        unpack_la(tmp_path / "test_pack", tmp_path / "other")
+    assert not (tmp_path / "other" / TRAIN_DIR).exists()

@@ -9,6 +9,10 @@ unpacks on its own.
 
     python -m vasseg.data.pack pack ../shared/data/LA .lapack --chunk-mib 60
     python -m vasseg.data.pack unpack .lapack /tmp/LA      # any subset of chunks present
+    python -m vasseg.data.pack pack /data/LA .latest --list test.list   # the 20 test cases
+
+Unpacking into a folder that already holds other cases adds to it (a train pack and a test pack
+unpack into one LA root); an id list is written only where the folder has none (or the same).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import h5py
 import numpy as np
@@ -94,10 +98,14 @@ def _chunks(root: Path, ids: list[str], limit: int) -> Iterator[list[tuple[str, 
         yield group
 
 
-def pack_la(root: Path, out: Path, chunk_mib: float = 60.0, list_name: str = "train.list") -> list[Path]:
-    """Pack every case of ``root/list_name`` into ``out/chunk_NNN.zip`` files; returns them."""
-    ids = read_id_list(root / list_name)
-    check_cases_exist(root, ids, list_name)
+def pack_la(root: Path, out: Path, chunk_mib: float = 60.0, lists: Sequence[str] = ("train.list",)) -> list[Path]:
+    """Pack every case of the id lists ``root/<lists>`` (train.list, test.list or both: the LA
+    layout keeps both splits' cases in one folder) into ``out/chunk_NNN.zip`` files; returns them."""
+    ids: list[str] = []
+    for list_name in lists:
+        listed = read_id_list(root / list_name)
+        check_cases_exist(root, listed, list_name)
+        ids += [i for i in listed if i not in ids]
     if out.exists() and any(out.iterdir()):
         raise DataError(f"{out}: output folder is not empty")
     tmp = Path(tempfile.mkdtemp(prefix=".pack-", dir=out.parent if out.parent.exists() else None))
@@ -149,6 +157,9 @@ def unpack_la(packed: Path, out_root: Path) -> list[str]:
     if not manifest_path.is_file():
         raise DataError(f"{manifest_path}: missing (not a packed LA folder)")
     manifest = json.loads(manifest_path.read_text())
+    for name, text in manifest["lists"].items():  # checked before any case is written
+        if (out_root / name).is_file() and (out_root / name).read_text().split() != text.split():
+            raise DataError(f"{out_root / name}: exists with other ids than the packed {name} ({packed})")
     done = []
     present = [c for c in manifest["chunks"] if (packed / c).is_file()]
     for chunk in tqdm(present, desc="unpack LA", unit="chunk"):
@@ -157,7 +168,8 @@ def unpack_la(packed: Path, out_root: Path) -> list[str]:
             write_h5(out_root / TRAIN_DIR / case_id / "mri_norm2.h5", image, label)
             done.append(case_id)
     for name, text in manifest["lists"].items():
-        (out_root / name).write_text(text)
+        if not (out_root / name).is_file():
+            (out_root / name).write_text(text)
     missing = sorted(set(manifest["cases"]) - set(done))
     if missing:
         log.warning("%d cases are in chunks not present yet: %s", len(missing), ", ".join(missing[:5]))
@@ -171,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("root", type=Path)
     p.add_argument("out", type=Path)
     p.add_argument("--chunk-mib", type=float, default=60.0)
+    p.add_argument("--list", dest="lists", action="append", default=None,
+                   help="id list(s) whose cases to pack (default train.list; e.g. --list test.list)")
     p = sub.add_parser("unpack")
     p.add_argument("packed", type=Path)
     p.add_argument("out", type=Path)
@@ -178,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         if args.cmd == "pack":
-            for path in pack_la(args.root, args.out, args.chunk_mib):
+            for path in pack_la(args.root, args.out, args.chunk_mib, args.lists or ("train.list",)):
                 log.info("%s: %.1f MiB", path, path.stat().st_size / 2**20)
         else:
             log.info("unpacked %d cases into %s", len(unpack_la(args.packed, args.out)), args.out)
