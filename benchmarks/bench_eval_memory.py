@@ -45,7 +45,7 @@ def child(mode: str, run: str, ids: str) -> None:
     first cases when nothing accumulates.
     """
     if mode == "streamed":
-        import vasseg.engine.setup as setup
+        import vasseg.data.setup as setup
         from vasseg.cli import main
 
         trace, read_case = [], setup.read_case
@@ -59,7 +59,7 @@ def child(mode: str, run: str, ids: str) -> None:
         from vasseg.engine.evaluate import evaluate_cases
         from vasseg.engine.hostmem import retain_freed_memory
         from vasseg.engine.loading import load_run
-        from vasseg.engine.setup import load_cases
+        from vasseg.data.setup import load_cases
 
         retain_freed_memory()  # as every vasseg command does
         loaded = load_run(run, "last", torch.device("cpu"))

@@ -34,7 +34,8 @@ from vasseg.config import build_experiment  # noqa: E402
 from vasseg.engine.hostmem import retain_freed_memory  # noqa: E402
 from vasseg.data.splits import Split  # noqa: E402
 from vasseg.data.synthetic import make_phantom_set  # noqa: E402
-from vasseg.engine.setup import DataBundle, build_method, seed_everything  # noqa: E402
+from vasseg.data.setup import DataBundle  # noqa: E402
+from vasseg.engine.setup import build_method, seed_everything  # noqa: E402
 from vasseg.engine.trainer import Trainer  # noqa: E402
 from vasseg.methods import available_methods, get_method  # noqa: E402
 

@@ -21,10 +21,12 @@ import torch
 
 from vasseg.config import load_config
 from vasseg.data.batcher import TwoStreamBatcher
-from vasseg.engine.setup import build_data, build_method, seed_everything
+from vasseg.data.setup import build_data
+from vasseg.engine.setup import build_method, seed_everything
 from vasseg.methods.losses import softmax_mse, supervised_loss
-from vasseg.methods.vas import VAS, generator_loss
-from vasseg.models.heads import pseudo_labels, reduce_voxels, sample_voxels
+from vasseg.methods.vas import VAS
+from vasseg.methods.voxel_gan import generator_loss
+from vasseg.models.heads import pseudo_labels, reduce_voxels, sample_voxels, select_levels
 
 
 def term_grads(method: VAS, batch, step: int) -> dict[str, float]:
@@ -39,7 +41,7 @@ def term_grads(method: VAS, batch, step: int) -> dict[str, float]:
     index_l = sample_voxels(batch.label_l, method.num_classes, p.voxels_per_class)
     pseudo, _ = pseudo_labels(t_out.logits[n_l:], p.threshold)
     index_u = sample_voxels(pseudo, method.num_classes, p.voxels_per_class)
-    maps_u = method._levels(out.encoder, slice(n_l, None))
+    maps_u = select_levels(out.encoder, p.fusion_levels, slice(n_l, None))
     logit_u = method.discriminator(method.adv_fusion(maps_u, index_u), index_u.classes)
     gen = generator_loss(logit_u, p.gen_loss)
     gamma = method.consistency_weight(method.exp.train.iterations)

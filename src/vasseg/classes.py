@@ -1,17 +1,18 @@
 """Class names of an experiment, for tables, figures and exported models.
 
-``data.class_names`` when the config gives them; otherwise the names a dataset kind is known to
-have (the LA benchmark: background and left atrium); otherwise ``class k``. Runs trained before a
-config named its classes get the same names as new ones.
+``data.class_names`` when the config gives them; otherwise the names its dataset format is known
+to have (the LA benchmark: background and left atrium); otherwise ``class k``. Runs trained before
+a config named its classes get the same names as new ones.
 """
 
 from __future__ import annotations
 
-from vasseg.config import Experiment
+from typing import TYPE_CHECKING
 
-KNOWN_CLASS_NAMES: dict[str, tuple[str, ...]] = {
-    "la": ("background", "left atrium"),
-}
+from vasseg import registry
+
+if TYPE_CHECKING:
+    from vasseg.config import Experiment
 
 
 def class_names(exp: Experiment) -> tuple[str, ...]:
@@ -19,7 +20,7 @@ def class_names(exp: Experiment) -> tuple[str, ...]:
     n = exp.data.num_classes
     if exp.data.class_names:
         return tuple(exp.data.class_names)
-    known = KNOWN_CLASS_NAMES.get(exp.data.dataset, ())
+    known = registry.get(registry.FORMAT, exp.data.dataset).class_names
     if len(known) == n:
-        return known
+        return tuple(known)
     return ("background", *(f"class {c}" for c in range(1, n)))

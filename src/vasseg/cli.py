@@ -80,6 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=int, default=None, help="training steps per method (default: the demo's)")
     p.add_argument("--full-report", action="store_true",
                    help="add the report's feature-space figures (t-SNE/UMAP; minutes on a CPU)")
+    p.add_argument("--data-only", metavar="DIR",
+                   help="only write the phantoms (LA layout) into the new or empty folder DIR, to train any "
+                        "config on (configs/phantoms/demo.yaml fits them)")
+    p.add_argument("--shape", type=int, nargs=3, metavar=("X", "Y", "Z"),
+                   help="with --data-only: phantom size in voxels (default: the demo's 40 40 40)")
+    p.add_argument("--cases", type=int, nargs=2, metavar=("TRAIN", "TEST"),
+                   help="with --data-only: phantoms in train.list and test.list (default: the demo's 16 6)")
     _add_common(p)
 
     p = sub.add_parser("methods", help="list the registered methods")
@@ -135,6 +142,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.quiet:
         overrides.append("train.progress=false")
     exp = load_config(args.config, overrides)
+    from vasseg.report.features import snapshot_hook  # noqa: F401 - importing it registers the hook
+
     run_dir = train_experiment(exp, resume=args.resume)
     print(run_dir)
     return 0
@@ -174,8 +183,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from vasseg.demo import run_demo
+    from vasseg.demo import run_demo, write_phantoms
 
+    if args.data_only is None and (args.shape or args.cases):
+        raise ValueError("--shape and --cases go with --data-only DIR")
+    if args.data_only is not None:
+        print(write_phantoms(args.data_only, args.shape, args.cases), end="")
+        return 0
     print(run_demo(args.out, iterations=args.iterations, progress=not args.quiet, full_report=args.full_report))
     return 0
 

@@ -1,10 +1,13 @@
 """Typed experiment configuration: YAML -> frozen dataclasses, with dotted CLI overrides.
 
 An experiment has six sections (``data``, ``model``, ``method``, ``train``, ``eval``, ``run``).
-Unknown keys and wrong types fail at load time with the key's full path. The ``method`` section
-holds ``name`` plus that method's own hyper-parameters, validated against the frozen dataclass the
-method registers (see :mod:`vasseg.methods`). A YAML file may name a ``base:`` file (relative to
-itself) whose values it overrides, so variants stay a few lines long.
+Unknown keys, wrong types and values outside an option set (``Literal[...]``) fail at load time
+with the key's full path. The ``method`` section holds ``name`` plus that method's own
+hyper-parameters, validated against the frozen dataclass the method registers; ``data.dataset``
+names a registered dataset format. Both are looked up in :mod:`vasseg.registry`, which imports
+the one method and format named (this module imports neither), and both check the experiment
+once it is built (``check_config``). A YAML file may name a ``base:`` file (relative to itself)
+whose values it overrides, so variants stay a few lines long.
 """
 
 from __future__ import annotations
@@ -16,9 +19,11 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import yaml
+
+from vasseg import registry
 
 # ConfigError lives beside the typed builder; callers import it from here too.
 from vasseg.typed import ConfigError, build_dataclass
@@ -31,7 +36,9 @@ class DataConfig:
     Spatial sizes follow the array order of the files (LA: x, y, z), in voxels.
     """
 
-    dataset: str = "la"  # "la": the LA h5 layout (also used for phantoms); "prepared": vasseg prepare output
+    # A registered format (vasseg.registry): "la", the LA h5 layout (also the phantoms'); "prepared",
+    # the output of `vasseg prepare`.
+    dataset: str = "la"
     root: str = ""  # dataset root; relative paths resolve against the config file's directory
     labeled: int = 8  # first N ids of train.list are labeled (the benchmark protocol)
     num_val: int = 0  # last N ids of train.list form the validation split (never used for training)
@@ -42,7 +49,7 @@ class DataConfig:
     fold: int = 0
     # "file": intensities as the files hold them (the LA release: z-scored over the whole MRI, then
     # cropped, so each crop has its own scale); "zscore": every volume re-z-scored over itself.
-    intensity: str = "file"
+    intensity: Literal["file", "zscore"] = "file"
     train_list: str = "train.list"
     test_list: str = "test.list"
     num_classes: int = 2  # including background
@@ -60,10 +67,10 @@ class DataConfig:
 class ModelConfig:
     """The backbone. ``name`` is ``vnet`` (the lineage's 9.45 M-parameter VNet)."""
 
-    name: str = "vnet"
+    name: Literal["vnet"] = "vnet"
     in_channels: int = 1
     filters: int = 16
-    norm: str = "batchnorm"
+    norm: Literal["batchnorm", "groupnorm", "instancenorm", "none"] = "batchnorm"
     dropout: bool = True
 
 
@@ -80,29 +87,29 @@ class TrainConfig:
     """Optimisation schedule and engine switches. Steps are counted in iterations."""
 
     iterations: int = 6000
-    optimizer: str = "sgd"  # sgd | adam
+    optimizer: Literal["sgd", "adam"] = "sgd"
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.999)
-    lr_policy: str = "step"  # step | poly | constant
+    lr_policy: Literal["step", "poly", "constant"] = "step"
     lr_step: int = 2500  # step policy: multiply by lr_gamma every lr_step iterations
     lr_gamma: float = 0.1
     poly_power: float = 0.9
     ema_decay: float = 0.99  # teacher decay, with the lineage's warm-up min(1 - 1/(step+1), decay)
-    amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | none | bf16 | fp16
+    amp: Literal["auto", "none", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, off on CPU
     grad_clip: float = 0.0  # max global grad norm of the student; 0 disables
     seed: int = 1337
     deterministic: bool = False  # deterministic algorithms (slower on GPU)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    channels_last: str = "auto"  # auto (on for CUDA) | on | off
+    channels_last: Literal["auto", "on", "off"] = "auto"  # auto: on for CUDA
     compile: bool = False  # torch.compile the networks (GPU; first steps pay the compile time)
     sync_bn: bool = False  # DDP only: BatchNorm statistics over the global batch (CUDA only)
     log_every: int = 10  # scalars are synchronised, checked and written every N steps
     val_every: int = 0  # validate on the validation split every N steps (0: never)
     ckpt_every: int = 500
     keep_checkpoints: int = 2  # step checkpoints kept besides best.pt
-    nonfinite: str = "stop"  # stop | skip (skip a step with a non-finite loss/grad; syncs every step)
+    nonfinite: Literal["stop", "skip"] = "stop"  # skip: skip a step with a non-finite loss/grad (syncs every step)
     max_nonfinite_skips: int = 20
     progress: bool = True
     # Fine-tuning: the student starts from this model file, checkpoint or run folder (weights only;
@@ -117,9 +124,9 @@ class EvalConfig:
     patch_size: tuple[int, int, int] | None = None  # default: data.patch_size
     stride: tuple[int, int, int] = (18, 18, 4)
     batch_size: int = 4  # windows per forward pass
-    empty_distance: str = "nan"  # nan | diagonal: HD95/ASD of an empty prediction (see metrics)
+    empty_distance: Literal["nan", "diagonal"] = "nan"  # HD95/ASD of an empty prediction (see metrics)
     native_resolution: bool = True  # score down-sampled runs on the original-resolution labels
-    checkpoint: str = "last"  # last | best (best on the validation split only)
+    checkpoint: Literal["last", "best"] = "last"  # best: on the validation split only
 
 
 @dataclass(frozen=True)
@@ -159,13 +166,15 @@ SECTIONS: dict[str, type] = {
 
 def method_params_class(name: str) -> type:
     """The hyper-parameter dataclass registered for method ``name``."""
-    from vasseg.methods import get_method  # late import: methods import this module
-
-    return get_method(name).Params
+    return registry.get(registry.METHOD, name).Params
 
 
 def build_experiment(raw: Mapping[str, Any]) -> Experiment:
-    """Validate a nested mapping (as loaded from YAML) into an :class:`Experiment`."""
+    """Validate a nested mapping (as loaded from YAML) into an :class:`Experiment`.
+
+    After the field checks, the data format and the method check the whole experiment
+    (``check_config``: e.g. a method that needs unlabeled patches refuses ``data.unlabeled_bs=0``).
+    """
     raw = dict(raw)
     unknown = [k for k in raw if k not in (*SECTIONS, "method")]
     if unknown:
@@ -178,33 +187,22 @@ def build_experiment(raw: Mapping[str, Any]) -> Experiment:
     if not isinstance(name, str):
         raise ConfigError(f"method.name: expected a string, got {name!r}")
     try:
-        params_cls = method_params_class(name)
+        method_cls = registry.get(registry.METHOD, name)
     except KeyError as exc:
         raise ConfigError(f"method.name: {exc.args[0]}") from None
-    params = build_dataclass(params_cls, method_raw, "method")
+    params = build_dataclass(method_cls.Params, method_raw, "method")
     exp = Experiment(method=MethodConfig(name=name, params=params), **sections)
     check_experiment(exp)
+    registry.get(registry.FORMAT, exp.data.dataset).check_config(exp)
+    method_cls.check_config(exp)
     return exp
 
 
 def check_experiment(exp: Experiment) -> None:
     """Cross-field checks that single fields cannot express."""
-    choices = {
-        "train.optimizer": (exp.train.optimizer, ("sgd", "adam")),
-        "train.lr_policy": (exp.train.lr_policy, ("step", "poly", "constant")),
-        "train.amp": (exp.train.amp, ("auto", "none", "bf16", "fp16")),
-        "train.channels_last": (exp.train.channels_last, ("auto", "on", "off")),
-        "train.nonfinite": (exp.train.nonfinite, ("stop", "skip")),
-        "eval.empty_distance": (exp.eval.empty_distance, ("nan", "diagonal")),
-        "eval.checkpoint": (exp.eval.checkpoint, ("last", "best")),
-        "model.norm": (exp.model.norm, ("batchnorm", "groupnorm", "instancenorm", "none")),
-        "model.name": (exp.model.name, ("vnet",)),
-        "data.dataset": (exp.data.dataset, ("la", "prepared")),
-        "data.intensity": (exp.data.intensity, ("file", "zscore")),
-    }
-    for key, (value, allowed) in choices.items():
-        if value not in allowed:
-            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(allowed)}")
+    formats = registry.names(registry.FORMAT)
+    if exp.data.dataset not in formats:
+        raise ConfigError(f"data.dataset: {exp.data.dataset!r} is not one of {', '.join(formats)}")
     positive = {
         "train.iterations": exp.train.iterations,
         "data.labeled_bs": exp.data.labeled_bs,
@@ -232,9 +230,6 @@ def check_experiment(exp: Experiment) -> None:
             raise ConfigError(f"{key}: must not be negative (got {value})")
     if not (exp.train.lr > 0 and math.isfinite(exp.train.lr)):
         raise ConfigError(f"train.lr: must be a positive finite number (got {exp.train.lr})")
-    if exp.data.intensity != "file" and exp.data.dataset != "la":
-        raise ConfigError("data.intensity: 'zscore' applies to the LA format only (prepared data is "
-                          "normalised by `vasseg prepare`)")
     if exp.data.folds and (exp.data.num_val or exp.data.val_ids):
         raise ConfigError("data.folds: k-fold validation excludes data.num_val and data.val_ids")
     if exp.data.fold and exp.data.fold >= max(exp.data.folds, 1):

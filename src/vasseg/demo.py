@@ -4,7 +4,8 @@ Writes phantoms in the LA layout, trains ``supervised`` and ``mean_teacher`` bri
 small VNet, evaluates both on the held-out phantoms, writes a report (tables, box plot, slices,
 3-D views and training curves; with ``full_report`` also the feature-space t-SNEs, which take
 minutes on a CPU) for the two runs and returns the combined table followed by the report's path
-and the elapsed time.
+and the elapsed time. The experiment is ``configs/phantoms/demo.yaml``; ``vasseg demo --data-only
+DIR`` writes the phantoms alone (:func:`write_phantoms`), so that any method or config trains on them.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vasseg.config import build_experiment, merge
+from vasseg.config import ConfigError, build_experiment, merge, read_yaml
 from vasseg.data.synthetic import write_phantom_la_layout
 from vasseg.engine.run import evaluate_run, train_experiment
 
@@ -23,27 +24,8 @@ log = logging.getLogger(__name__)
 DEMO_METHODS = ("supervised", "mean_teacher")
 
 # A CPU-sized experiment: 4 labeled + 12 unlabeled phantoms, 6 held out for testing.
-DEMO_CONFIG: dict[str, Any] = {
-    "data": {
-        "labeled": 4,
-        "num_val": 0,
-        "patch_size": [32, 32, 32],
-        "labeled_bs": 2,
-        "unlabeled_bs": 2,
-        "spacing": [1.0, 1.0, 1.0],
-        "class_names": ["background", "phantom atrium"],
-    },
-    "model": {"filters": 8},
-    "train": {
-        "iterations": 150,
-        "lr": 0.01,
-        "lr_step": 100,
-        "ckpt_every": 150,
-        "log_every": 10,
-        "device": "cpu",
-    },
-    "eval": {"stride": [16, 16, 16], "batch_size": 4},
-}
+DEMO_YAML = Path(__file__).resolve().parents[2] / "configs" / "phantoms" / "demo.yaml"
+DEMO_CONFIG: dict[str, Any] = read_yaml(DEMO_YAML)
 PHANTOMS = {"n_train": 16, "n_test": 6, "shape": (40, 40, 40), "seed": 0}
 REPORT_POINTS = 1000  # voxels per feature embedding (--full-report): keeps each t-SNE to seconds
 QUICK_REPORT_SKIP = frozenset({"features", "snapshots"})  # the t-SNEs: minutes on a CPU
@@ -67,6 +49,23 @@ def demo_experiment(out: Path, method: str, iterations: int | None, progress: bo
     return build_experiment(raw)
 
 
+def write_phantoms(out: str | Path, shape: tuple[int, int, int] | None = None,
+                   cases: tuple[int, int] | None = None) -> str:
+    """``vasseg demo --data-only``: the demo's phantoms (or ``cases`` = (train, test) phantoms of
+    ``shape`` voxels) in the LA layout into the new or empty folder ``out``; returns what to run next."""
+    out = Path(out).expanduser().resolve()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"{out}: --data-only writes into a new or empty folder")
+    settings = dict(PHANTOMS, **({"shape": tuple(shape)} if shape else {}))
+    if cases:
+        settings.update(n_train=cases[0], n_test=cases[1])
+    write_phantom_la_layout(out, **settings)
+    size = "x".join(str(s) for s in settings["shape"])
+    return (f"wrote {settings['n_train']} training + {settings['n_test']} test phantoms ({size} voxels, LA layout) "
+            f"to {out}\ntrain any method on them: vasseg train --config {DEMO_YAML} data.root={out} "
+            f"method.name=mean_teacher\n")
+
+
 def run_demo(out_dir: str | Path = "vasseg-demo", iterations: int | None = None, progress: bool = True,
              full_report: bool = False) -> str:
     """Run the demo into ``out_dir``; returns the printed table (markdown), then the report's path
@@ -77,6 +76,8 @@ def run_demo(out_dir: str | Path = "vasseg-demo", iterations: int | None = None,
     if not (data / "train.list").exists():
         log.info("writing phantoms to %s", data)
         write_phantom_la_layout(data, **PHANTOMS)
+    from vasseg.report.features import snapshot_hook  # noqa: F401 - importing it registers the hook
+
     tables, run_dirs = [], []
     for method in DEMO_METHODS:
         exp = demo_experiment(out, method, iterations, progress)

@@ -9,8 +9,8 @@ holds raw tensors and a JSON header and cannot carry code:
   buffers unchanged. A 16-filter LA VNet is 18.9 MB in half precision.
 - metadata (strings; JSON where structured): ``format`` (``vasseg-model``), ``format_version``,
   ``vasseg_version``, ``config`` (the resolved experiment, :func:`vasseg.config.to_dict`),
-  ``class_names``, ``preprocessing`` (the record of :mod:`vasseg.engine.predict`: z-score and
-  scale, or a prepared CT dataset's window, shape, normalisation and label map) and ``weights``
+  ``class_names``, ``preprocessing`` (the record of the run's dataset format, :mod:`vasseg.data.format`:
+  z-score and scale, or a prepared CT dataset's window, shape, normalisation and label map) and ``weights``
   (network, dtype, training step, method, the checkpoint's file name).
 
 ``vasseg predict``, ``vasseg evaluate``, :func:`vasseg.load_model` and ``train.init_from`` read it
@@ -31,6 +31,7 @@ from torch import nn
 
 from vasseg.atomic import atomic_write_bytes
 from vasseg.config import ConfigError, Experiment, apply_overrides, build_experiment, to_dict
+from vasseg.data.format import format_for_record
 from vasseg.engine.checkpoint import CheckpointError
 from vasseg.engine.loading import LoadedRun
 from vasseg.methods.base import Method
@@ -194,8 +195,10 @@ def read_model_file(path: str | Path, overrides: Sequence[str] = ()) -> ModelFil
     except ConfigError as exc:
         raise ModelFileError(f"{path}: config: {exc}") from None
     prep, names = _json(meta, "preprocessing", path), _json(meta, "class_names", path)
-    if not isinstance(prep, dict) or prep.get("kind") not in ("zscore", "prepared"):
-        raise ModelFileError(f"{path}: model file preprocessing record is not zscore or prepared")
+    try:
+        format_for_record(prep, f"{path}: model file preprocessing")
+    except ValueError as exc:
+        raise ModelFileError(str(exc)) from None
     if not isinstance(names, list) or len(names) != exp.data.num_classes:
         raise ModelFileError(f"{path}: model file class_names must list {exp.data.num_classes} names")
     return ModelFile(path, exp, weights, tuple(map(str, names)), prep, _json(meta, "weights", path))

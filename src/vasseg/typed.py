@@ -1,6 +1,8 @@
 """Typed building of frozen dataclasses from YAML-shaped values, with errors naming the key path.
 
 Generic: :mod:`vasseg.config` uses it for every config section and each method's parameters.
+An option set is a ``Literal[...]`` annotation (``supervised_loss: Literal["dice", "ce_dice"]``):
+any other value fails with one line naming the key path and the allowed values.
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ def coerce(value: Any, tp: Any, path: str) -> Any:
     args = typing.get_args(tp)
     if tp is Any:
         return value
+    if origin is typing.Literal:
+        if any(value == a and type(value) is type(a) for a in args):
+            return value
+        raise ConfigError(f"{path}: {value!r} is not one of {', '.join(map(str, args))}")
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None

@@ -1,4 +1,4 @@
-"""Reader for the left-atrium (LA) benchmark in the layout its users have on disk.
+"""The left-atrium (LA) benchmark in the layout its users have on disk: reader and format plug-in.
 
 ::
 
@@ -6,7 +6,8 @@
     ROOT/train.list                                  # one id per line (80 ids)
     ROOT/test.list                                   # one id per line (20 ids)
 
-Arrays keep the file's axis order (x, y, z); voxels are 0.625 mm isotropic.
+Arrays keep the file's axis order (x, y, z); voxels are 0.625 mm isotropic. The synthetic
+phantoms are written in this layout too. :class:`LAFormat` is ``data.dataset: la``.
 """
 
 from __future__ import annotations
@@ -14,15 +15,22 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from pathlib import Path, PurePosixPath
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from vasseg.data.format import DataFormat, Record
 from vasseg.data.intensity import normalize_intensity
+from vasseg.data.splits import read_id_list
 from vasseg.data.volumes import Case, DataError, Spacing, VolumeSet, rescale_case
+from vasseg.registry import register
+
+if TYPE_CHECKING:
+    from vasseg.io import Volume
 
 log = logging.getLogger(__name__)
 
@@ -38,35 +46,6 @@ class MissingCasesError(DataError):
     def __init__(self, message: str, missing: Sequence[str]) -> None:
         super().__init__(message)
         self.missing = list(missing)
-
-
-def _id_from_line(line: str) -> str:
-    """The case id of one list line: a bare id, or a path like ``.../<ID>/mri_norm2.h5``."""
-    parts = [p for p in PurePosixPath(line.replace("\\", "/")).parts if p not in ("/", ".")]
-    if parts and parts[-1].endswith(".h5"):
-        parts = parts[:-1]
-    return parts[-1] if parts else ""
-
-
-def read_id_list(path: str | Path) -> list[str]:
-    """Case ids of a ``*.list`` file, in file order.
-
-    Tolerates trailing whitespace, blank lines, ``#`` comments and lines that are relative paths
-    to the case folder or its h5 file (some public lists hold those). Duplicates are an error.
-    """
-    path = Path(path)
-    try:
-        lines = path.read_text().splitlines()
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read id list ({exc.strerror or exc})") from exc
-    ids = [_id_from_line(s.strip()) for s in lines if s.strip() and not s.strip().startswith("#")]
-    ids = [i for i in ids if i]
-    if not ids:
-        raise DataError(f"{path}: id list holds no ids")
-    dups = sorted({i for i in ids if ids.count(i) > 1})
-    if dups:
-        raise DataError(f"{path}: duplicate ids: {', '.join(dups)}")
-    return ids
 
 
 def list_ids(root: str | Path, name: str = "train") -> list[str]:
@@ -216,3 +195,39 @@ def load_la(
     log.info("loaded %d LA cases from %s at scale %g in %.1f s (%.0f MiB)", len(volumes), root,
              scale, time.perf_counter() - t0, volumes.nbytes() / 2**20)
     return volumes
+
+
+def la_intensity(volume: Volume, mode: str) -> np.ndarray:
+    """An LA-format model's input intensities: an LA .h5 gets ``data.intensity`` exactly as in
+    training; any other file (a user's NIfTI) is z-scored over itself, the release's normalisation."""
+    is_h5 = str(volume.source).endswith((".h5", ".hdf5"))
+    return normalize_intensity(volume.image.astype(np.float32, copy=False), mode if is_h5 else "zscore")
+
+
+@register("format", "la")
+class LAFormat(DataFormat):
+    """The LA h5 layout (and the phantoms).
+
+    Preprocessing record ``{"kind": "zscore", "scale": s, "intensity": m}``: an LA ``.h5`` gets
+    ``data.intensity`` ``m`` as in training (records without it are "file"), any other input (a
+    NIfTI scan) is z-scored over itself; the image is resized trilinearly by ``s`` and the
+    probabilities back to the input's grid. Label values are the class ids ``0..K-1``.
+    """
+
+    record_kind = "zscore"  # the name exported model files have carried since the first release
+    class_names = ("background", "left atrium")
+
+    def check_cases(self, ids: Sequence[str], list_name: str) -> None:
+        check_cases_exist(self.root, ids, list_name)
+
+    def read_case(self, case_id: str) -> Case:
+        d = self.data
+        case = read_la_case(self.root, case_id, d.num_classes, d.spacing, d.intensity)
+        return rescale_case(case, d.scale, d.num_classes)
+
+    def preprocessing(self, run_dir: Path) -> Record:
+        return {**super().preprocessing(run_dir), "intensity": self.data.intensity}
+
+    @classmethod
+    def input_intensities(cls, volume: Volume, record: Record) -> np.ndarray:
+        return la_intensity(volume, record.get("intensity", "file"))

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from vasseg.data.nifti import Discovery, Pair
-    from vasseg.data.prepared import LabelMap
+    from vasseg.data.labelmap import LabelMap
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def prepare_dataset(sources: Sequence[str | Path], out: str | Path, options: Pre
     """
     from vasseg.data.nifti import discover_sources
     from vasseg.data.pairs import discover_pairs
-    from vasseg.data.prepared import load_label_map
+    from vasseg.data.labelmap import load_label_map
 
     out = Path(out).expanduser()
     if bool(sources) == bool(plain):

@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     """``vasseg prepare``: prepare the dataset, print the output folder."""
     test_ids = None
     if args.test_ids:
-        from vasseg.data.la import read_id_list
+        from vasseg.data.splits import read_id_list
 
         test_ids = tuple(read_id_list(args.test_ids))
     options = PrepareOptions(label_map=args.label_map, shape=tuple(args.shape), window=tuple(args.window),

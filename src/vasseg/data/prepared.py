@@ -1,4 +1,5 @@
-"""The prepared dataset written by ``vasseg prepare``: format, label maps, reader, predict hooks.
+"""The prepared dataset written by ``vasseg prepare``: layout, reader, predict hooks, and its format
+plug-in (:class:`PreparedFormat`, ``data.dataset: prepared``).
 
 Layout::
 
@@ -17,14 +18,15 @@ grid back. The prepared grid spans the same field of view as the original (``ali
 resampling), so mapping a prediction back is a resize to the original shape.
 
 Native labels are not held in memory by :func:`load_prepared` (a 512x512x200 CT label is 50 MB):
-evaluation reads them one case at a time with :func:`read_native_label`.
+evaluation reads them one case at a time with :func:`read_native_label`. Label maps (source ids
+<-> classes) are :mod:`vasseg.data.labelmap`'s.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -32,12 +34,23 @@ import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import Tensor
 from tqdm import tqdm
 
+from vasseg.data.format import DataFormat, Record
+from vasseg.data.labelmap import available_label_maps, label_map_from_dict, load_label_map  # noqa: F401 - re-exported
 from vasseg.data.nifti import canonical_ornt, from_canonical, to_canonical
-from vasseg.data.volumes import Case, DataError, VolumeSet, resize_image, resize_label, scaled_shape
+from vasseg.data.volumes import (  # noqa: F401 - resized_argmax: re-exported, it lived here
+    Case,
+    DataError,
+    VolumeSet,
+    resize_image,
+    resize_label,
+    resized_argmax,
+    scaled_shape,
+)
+from vasseg.registry import register
+from vasseg.typed import ConfigError
 
 if TYPE_CHECKING:
     from vasseg.config import Experiment
@@ -48,125 +61,8 @@ log = logging.getLogger(__name__)
 FORMAT, VERSION = "vasseg-prepared", 1
 MANIFEST, CASES_DIR = "prepared.json", "cases"
 NORMALIZATIONS = ("minmax", "zscore")
-LABEL_MAP_DIR = Path(__file__).parent / "labelmaps"
 CASE_ATTRS = ("original_shape", "original_affine", "original_spacing", "orientation", "canonical_shape",
               "canonical_spacing", "spacing", "factor", "source_image", "source_label")
-
-
-# --------------------------------------------------------------------------- label maps
-
-
-@dataclass(frozen=True)
-class LabelMap:
-    """Source label ids -> project classes, and back.
-
-    ``classes``: project class names, index = class id, 0 = background. ``to_class``: source id ->
-    class id (every other id in ``0..max_source_id`` becomes background). ``restore``: class id ->
-    the source id that ``vasseg predict`` writes (default: the smallest source id of the class).
-    """
-
-    name: str
-    classes: tuple[str, ...]
-    to_class: dict[int, int]
-    restore: dict[int, int]
-    max_source_id: int
-    description: str = ""
-    sources: tuple[str, ...] = ()
-    source_names: dict[int, str] = field(default_factory=dict)  # documentation and name checks
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    def apply(self, label: np.ndarray, where: str) -> np.ndarray:
-        """Source ids ``(X, Y, Z)`` -> uint8 classes; ids outside the map fail naming ``where``."""
-        lab = np.asarray(label)
-        if lab.dtype.kind == "f" and not np.array_equal(lab, np.round(lab)):
-            raise DataError(f"{where}: label holds non-integer values")
-        lab = lab.astype(np.int64, copy=False)
-        if lab.size and (lab.min() < 0 or lab.max() > self.max_source_id):
-            bad = np.unique(lab[(lab < 0) | (lab > self.max_source_id)])[:10]
-            raise DataError(f"{where}: label ids {', '.join(map(str, bad))} are outside label map "
-                            f"'{self.name}' (ids 0..{self.max_source_id}); is --label-map right?")
-        lut = np.zeros(self.max_source_id + 1, np.uint8)
-        for source_id, cls in self.to_class.items():
-            lut[source_id] = cls
-        return lut[lab]
-
-    def restore_ids(self, classes: np.ndarray) -> np.ndarray:
-        """Project classes -> source ids (uint8, uint16 when an id exceeds 255)."""
-        dtype = np.uint8 if max(self.restore.values(), default=0) <= 255 else np.uint16
-        lut = np.zeros(self.num_classes, dtype)
-        for cls, source_id in self.restore.items():
-            lut[cls] = source_id
-        return lut[np.asarray(classes, dtype=np.int64)]
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON/YAML mapping that :func:`label_map_from_dict` reads back."""
-        return {"name": self.name, "description": self.description, "sources": list(self.sources),
-                "classes": list(self.classes),
-                "map": {str(k): self.classes[v] for k, v in sorted(self.to_class.items())},
-                "restore": {self.classes[c]: s for c, s in sorted(self.restore.items())},
-                "max_source_id": self.max_source_id,
-                "source_names": {str(k): v for k, v in sorted(self.source_names.items())}}
-
-
-def label_map_from_dict(raw: Any, where: str) -> LabelMap:
-    """Validate a label-map mapping (YAML file or manifest entry); errors name ``where``."""
-    if not isinstance(raw, dict):
-        raise DataError(f"{where}: a label map must be a mapping")
-    classes = tuple(str(c) for c in raw.get("classes") or ())
-    if len(classes) < 2 or classes[0] != "background" or len(set(classes)) != len(classes):
-        raise DataError(f"{where}: 'classes' must list unique names starting with 'background'")
-    index = {name: i for i, name in enumerate(classes)}
-    max_id = raw.get("max_source_id")
-    if not isinstance(max_id, int) or max_id < 1:
-        raise DataError(f"{where}: 'max_source_id' must be a positive integer")
-    to_class = {}
-    for key, name in (raw.get("map") or {}).items():
-        source_id = _int_key(key, where)
-        if not 1 <= source_id <= max_id or index.get(str(name), 0) == 0:
-            raise DataError(f"{where}: map entry {key}: {name} needs an id in 1..{max_id} and a "
-                            f"foreground class of 'classes'")
-        to_class[source_id] = index[str(name)]
-    restore = {c: min(s for s, k in to_class.items() if k == c) for c in set(to_class.values())}
-    for name, source_id in (raw.get("restore") or {}).items():
-        if to_class.get(_int_key(source_id, where)) != index.get(str(name)):
-            raise DataError(f"{where}: restore {name}: {source_id} is not a source id of that class")
-        restore[index[str(name)]] = int(source_id)
-    unmapped = [c for c in classes[1:] if index[c] not in restore]
-    if unmapped:
-        raise DataError(f"{where}: no source id maps to class(es) {', '.join(unmapped)}")
-    names = {_int_key(k, where): str(v) for k, v in (raw.get("source_names") or {}).items()}
-    return LabelMap(str(raw.get("name", where)), classes, to_class, restore, max_id,
-                    str(raw.get("description", "")), tuple(str(s) for s in raw.get("sources") or ()), names)
-
-
-def _int_key(value: Any, where: str) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise DataError(f"{where}: label id {value!r} is not an integer") from None
-
-
-def available_label_maps() -> list[str]:
-    """Names of the label maps shipped with vasseg."""
-    return sorted(p.stem for p in LABEL_MAP_DIR.glob("*.yaml"))
-
-
-def load_label_map(spec: str | Path) -> LabelMap:
-    """A shipped label map by name (``btcv``, ``totalsegmentator_v2``, ...) or a YAML file."""
-    path = LABEL_MAP_DIR / f"{spec}.yaml"
-    if not path.is_file():
-        path = Path(spec).expanduser()
-    if not path.is_file():
-        raise DataError(f"label map {str(spec)!r}: neither a shipped map ({', '.join(available_label_maps())}) "
-                        f"nor a YAML file")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise DataError(f"{path}: cannot read label map ({' '.join(str(exc).split())})") from exc
-    return label_map_from_dict(raw, str(path))
 
 
 # --------------------------------------------------------------------------- preprocessing
@@ -209,27 +105,6 @@ def preprocess_image(hu: np.ndarray, window: Sequence[float], normalize: str,
         std = float(out.std())
         out = (out - out.mean()) / (std if std > 0 else 1.0)
     return out.astype(np.float32, copy=False)
-
-
-def resized_argmax(probs: Tensor, shape: Sequence[int]) -> Tensor:
-    """Argmax of ``(K, X, Y, Z)`` probabilities trilinearly resized to ``shape``: uint8 labels.
-
-    One class at a time with a running maximum, so memory stays O(voxels) for many classes on a
-    full-resolution CT; equal to ``resize_probs(probs, shape).argmax(0)`` (ties: lowest class).
-    """
-    size = tuple(int(s) for s in shape)
-    if tuple(probs.shape[1:]) == size:
-        return probs.argmax(0).to(torch.uint8)
-    best = torch.zeros(size, dtype=torch.uint8, device=probs.device)
-    best_score: Tensor | None = None
-    for cls in range(probs.shape[0]):
-        score = F.interpolate(probs[cls][None, None].float(), size=size, mode="trilinear",
-                              align_corners=False)[0, 0]
-        if best_score is not None:
-            best[score > best_score] = cls
-            score = torch.maximum(best_score, score)
-        best_score = score
-    return best
 
 
 # --------------------------------------------------------------------------- reading
@@ -311,8 +186,6 @@ def _rescale(case: Case, scale: float, num_classes: int) -> Case:
 
 def check_classes(root: str | Path, num_classes: int, class_names: Sequence[str] = ()) -> None:
     """A config's ``data.num_classes`` (and ``class_names`` when given) must be the dataset's."""
-    from vasseg.config import ConfigError
-
     names = tuple(read_manifest(root)["class_names"])
     if num_classes != len(names):
         raise ConfigError(f"data.num_classes: {num_classes}, but the prepared dataset {root} has "
@@ -390,3 +263,78 @@ def source_labels(probs: Tensor, volume: Volume, manifest: dict[str, Any], where
     ornt = canonical_ornt(volume.affine)
     classes = resized_argmax(probs, canonical_shape(volume.image.shape, ornt)).cpu().numpy()
     return label_map.restore_ids(from_canonical(classes, ornt))
+
+
+def canonical_probs(probs: Tensor, volume: Volume) -> np.ndarray:
+    """Per class: resized to the canonical grid of the input, then back to the file's axis order."""
+    ornt = canonical_ornt(volume.affine)
+    size = canonical_shape(volume.image.shape, ornt)
+    out = np.empty((probs.shape[0], *volume.image.shape), np.float32)
+    for cls in range(probs.shape[0]):
+        resized = F.interpolate(probs[cls][None, None].float(), size=size, mode="trilinear", align_corners=False)
+        out[cls] = from_canonical(resized[0, 0].cpu().numpy(), ornt)
+    return out
+
+
+# --------------------------------------------------------------------------- the format plug-in
+
+
+@register("format", "prepared")
+class PreparedFormat(DataFormat):
+    """``vasseg prepare`` output: scored on the prepared grid and on the original scan's.
+
+    Preprocessing record: ``{"kind": "prepared", "scale", "shape", "window", "normalize",
+    "label_map", "class_names"}`` (the manifest's, kept in the run folder as ``prepared.json``).
+    A new CT (Hounsfield units) is brought to canonical RAS+ order, windowed, rescaled and resampled
+    to ``shape`` times ``scale``; labels go back on the CT's own grid with the source ids.
+    """
+
+    @classmethod
+    def check_config(cls, exp: Experiment) -> None:
+        if exp.data.intensity != "file":
+            raise ConfigError("data.intensity: 'zscore' applies to the LA format only (prepared data is "
+                              "normalised by `vasseg prepare`)")
+
+    def check_cases(self, ids: Sequence[str], list_name: str) -> None:
+        root = self.root
+        check_classes(root, self.data.num_classes, self.data.class_names)
+        if missing := [i for i in ids if not case_path(root, i).is_file()]:
+            raise DataError(f"{root}: {len(missing)} of {len(ids)} cases listed in {list_name} have no file: "
+                            f"{', '.join(missing)}")
+
+    def read_case(self, case_id: str) -> Case:
+        case = read_prepared_case(self.root, case_id)
+        return _rescale(case, self.data.scale, self.data.num_classes) if self.data.scale != 1.0 else case
+
+    def scoring_grids(self, primary: str) -> tuple[str, ...]:
+        """Both grids: the paper's Table II is in prepared voxels, mm belong to the original scan."""
+        return (primary, "model" if primary == "native" else "native")
+
+    def native_reference(self, case: Case) -> np.ndarray | None:
+        """The original-grid label, read from the case file (it is not held in memory)."""
+        if case.native_label is not None:
+            return case.native_label.cpu().numpy()
+        return read_native_label(case.source, self.data.num_classes) if case.source else None
+
+    def record_run(self, run_dir: Path) -> None:
+        shutil.copy2(self.root / MANIFEST, run_dir / MANIFEST)  # predict needs it even if the data moves
+
+    def preprocessing(self, run_dir: Path) -> Record:
+        manifest = manifest_for_run(run_dir, self.exp)
+        keep = ("shape", "window", "normalize", "label_map", "class_names")
+        return {"kind": self.kind(), "scale": self.data.scale, **{k: manifest[k] for k in keep}}
+
+    @classmethod
+    def preprocess(cls, volume: Volume, record: Record) -> Tensor:
+        return preprocess_with_manifest(volume, record, float(record.get("scale", 1.0)))
+
+    @classmethod
+    def to_input_grid(cls, probs: Tensor, volume: Volume, record: Record,
+                      with_probs: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        labels = source_labels(probs, volume, record, str(volume.source))
+        return labels, (canonical_probs(probs, volume) if with_probs else None)
+
+    @classmethod
+    def label_ids(cls, record: Record, num_classes: int) -> tuple[int, ...]:
+        label_map = label_map_from_dict(record["label_map"], "preprocessing: label_map")
+        return tuple(int(v) for v in label_map.restore_ids(np.arange(num_classes)))

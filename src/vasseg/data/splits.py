@@ -1,4 +1,5 @@
-"""Labeled / unlabeled / validation splits of a training id list, and their record in a run dir.
+"""Id lists (``train.list``), their labeled / unlabeled / validation splits, and the split's record
+in a run dir.
 
 The benchmark protocol labels the FIRST ``labeled`` ids of ``train.list`` (8 or 16 on LA) and
 uses the rest without labels. A validation split for model selection and tuning is carved from
@@ -11,11 +12,40 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import yaml
 
 from vasseg.data.volumes import DataError
+
+
+def _id_from_line(line: str) -> str:
+    """The case id of one list line: a bare id, or a path like ``.../<ID>/mri_norm2.h5``."""
+    parts = [p for p in PurePosixPath(line.replace("\\", "/")).parts if p not in ("/", ".")]
+    if parts and parts[-1].endswith(".h5"):
+        parts = parts[:-1]
+    return parts[-1] if parts else ""
+
+
+def read_id_list(path: str | Path) -> list[str]:
+    """Case ids of a ``*.list`` file, in file order.
+
+    Tolerates trailing whitespace, blank lines, ``#`` comments and lines that are relative paths
+    to the case folder or its h5 file (some public lists hold those). Duplicates are an error.
+    """
+    path = Path(path)
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read id list ({exc.strerror or exc})") from exc
+    ids = [_id_from_line(s.strip()) for s in lines if s.strip() and not s.strip().startswith("#")]
+    ids = [i for i in ids if i]
+    if not ids:
+        raise DataError(f"{path}: id list holds no ids")
+    dups = sorted({i for i in ids if ids.count(i) > 1})
+    if dups:
+        raise DataError(f"{path}: duplicate ids: {', '.join(dups)}")
+    return ids
 
 
 class SplitError(DataError):

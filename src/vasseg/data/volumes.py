@@ -250,6 +250,27 @@ def resize_label(label: Tensor, size: Shape3, num_classes: int) -> Tensor:
     return best
 
 
+def resized_argmax(probs: Tensor, shape: Sequence[int]) -> Tensor:
+    """Argmax of ``(K, X, Y, Z)`` probabilities trilinearly resized to ``shape``: uint8 labels.
+
+    One class at a time with a running maximum, so memory stays O(voxels) for many classes on a
+    full-resolution CT; equal to ``resize_probs(probs, shape).argmax(0)`` (ties: lowest class).
+    """
+    size = tuple(int(s) for s in shape)
+    if tuple(probs.shape[1:]) == size:
+        return probs.argmax(0).to(torch.uint8)
+    best = torch.zeros(size, dtype=torch.uint8, device=probs.device)
+    best_score: Tensor | None = None
+    for cls in range(probs.shape[0]):
+        score = F.interpolate(probs[cls][None, None].float(), size=size, mode="trilinear",
+                              align_corners=False)[0, 0]
+        if best_score is not None:
+            best[score > best_score] = cls
+            score = torch.maximum(best_score, score)
+        best_score = score
+    return best
+
+
 def rescale_case(case: Case, scale: float, num_classes: int) -> Case:
     """Down- (or up-) sample a case by ``scale``; keeps the native label for evaluation.
 

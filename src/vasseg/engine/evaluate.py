@@ -8,9 +8,10 @@ counts how many cases fell under it.
 Grids. A case is scored on the ``native`` grid (the file's original grid; the model's
 probabilities are resized to it) or on the ``model`` grid (the volume the network ran on);
 ``eval.native_resolution`` picks the primary one, whose rows fill ``cases.csv`` and
-``summary.json``. A prepared multi-organ dataset (``data.dataset: prepared``) is scored on both:
-the paper's Table II is in voxels of the prepared 128x128x64 grid, while mm belong to the
-original scan. The other grid's rows go to ``cases_<grid>.csv`` and its tables to ``summary.md``.
+``summary.json``. The dataset format says which grids a case is scored on and what its native
+reference is (:mod:`vasseg.data.format`): a prepared multi-organ dataset is scored on both, as the
+paper's Table II is in voxels of the prepared 128x128x64 grid while mm belong to the original
+scan. The other grid's rows go to ``cases_<grid>.csv`` and its tables to ``summary.md``.
 With several foreground classes ``summary.md`` adds the paper's Table II layout (average
 Dice, Jaccard, 95HD, ASSD, then one Dice column per class, named by ``data.class_names``).
 """
@@ -31,7 +32,8 @@ import torch
 from tqdm import tqdm
 
 from vasseg.config import Experiment
-from vasseg.data.volumes import Case, VolumeSet
+from vasseg.data.format import get_format
+from vasseg.data.volumes import Case, VolumeSet, resized_argmax
 from vasseg.engine.inference import sliding_window_probs
 from vasseg.methods.base import Method
 from vasseg.metrics import CaseMetrics, Summary, format_mean_std, per_class_metrics, summarize
@@ -69,9 +71,7 @@ GRID_TITLES = {
 def scoring_grids(exp: Experiment) -> tuple[str, ...]:
     """Grids every case is scored on, the primary (``eval.native_resolution``) first."""
     primary = "native" if exp.eval.native_resolution else "model"
-    if exp.data.dataset == "prepared":
-        return (primary, "model" if primary == "native" else "native")
-    return (primary,)
+    return get_format(exp).scoring_grids(primary)
 
 
 @torch.no_grad()
@@ -84,17 +84,9 @@ def case_probs(method: Method, case: Case, exp: Experiment, device: torch.device
 
 
 def native_reference(case: Case, exp: Experiment) -> np.ndarray | None:
-    """The label on the file's original grid, when the case was resampled; else None.
-
-    Prepared datasets keep it on disk (a full-resolution CT label is large) and it is read here.
-    """
-    if case.native_label is not None:
-        return case.native_label.cpu().numpy()
-    if exp.data.dataset == "prepared" and case.source:
-        from vasseg.data.prepared import read_native_label
-
-        return read_native_label(case.source, exp.data.num_classes)
-    return None
+    """The label on the file's original grid, when the case was resampled; else None (the format's:
+    a prepared dataset keeps it on disk, a full-resolution CT label being large)."""
+    return get_format(exp).native_reference(case)
 
 
 def on_grid(probs: torch.Tensor, case: Case, exp: Experiment,
@@ -106,8 +98,6 @@ def on_grid(probs: torch.Tensor, case: Case, exp: Experiment,
     if grid == "native":
         ref = native_reference(case, exp)
         if ref is not None:
-            from vasseg.data.prepared import resized_argmax
-
             pred = resized_argmax(probs, ref.shape).cpu().numpy()
             return pred, ref, tuple(case.native_spacing or case.spacing)
     if case.label is None:
@@ -120,8 +110,6 @@ def predict_case(method: Method, case: Case, exp: Experiment, device: torch.devi
     """Label map of one case ``(X, Y, Z)`` on the primary grid (native when configured)."""
     probs = case_probs(method, case, exp, device)
     if scoring_grids(exp)[0] == "native" and case.native_shape and tuple(case.native_shape) != case.shape:
-        from vasseg.data.prepared import resized_argmax
-
         return resized_argmax(probs, case.native_shape).cpu().numpy(), case
     return probs.argmax(0).to(torch.uint8).cpu().numpy(), case
 

@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vasseg.models.outputs import probs_from_logits
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_PATCH: tuple[int, int, int] = (112, 112, 80)
@@ -114,26 +116,6 @@ def _batches(items: list[Window], size: int) -> Iterator[list[Window]]:
 # ---------------------------------------------------------------------------------------------
 
 
-def probs_from_logits(logits: Tensor, kind: Literal["softmax", "sigmoid"] = "softmax", dim: int = 1) -> Tensor:
-    """Class probabilities from raw scores ``(B, K, X, Y, Z)``.
-
-    ``softmax`` normalises over the channel axis ``dim``. ``sigmoid`` with one channel returns two
-    channels ``[1 - p, p]`` so that ``argmax`` equals ``p > 0.5`` (at exactly 0.5 both channels
-    are equal and ``argmax`` picks class 0, as ``p > 0.5`` does); with several channels it is an
-    element-wise sigmoid (multi-label heads).
-    """
-    if kind == "softmax":
-        return torch.softmax(logits, dim=dim)
-    if kind == "sigmoid":
-        p = torch.sigmoid(logits)
-        if p.shape[dim] == 1:
-            # 1 - p is exact for p >= 0.5 (Sterbenz) and >= 0.5 for p < 0.5, so the
-            # channel order can never flip the decision.
-            return torch.cat([1.0 - p, p], dim=dim)
-        return p
-    raise ValueError(f"unknown probability kind {kind!r}; choose softmax or sigmoid")
-
-
 def make_predictor(
     model: nn.Module,
     kind: Literal["softmax", "sigmoid"] = "softmax",
@@ -198,7 +180,7 @@ def _check_probs(probs: Tensor, batch: int, num_classes: int, patch: Triple) -> 
         raise ValueError(f"predict returned shape {tuple(probs.shape)}, expected {expected}")
 
 
-def _pad(image: Tensor, pads: tuple[tuple[int, int], ...]) -> Tensor:
+def pad_volume(image: Tensor, pads: tuple[tuple[int, int], ...]) -> Tensor:
     """Zero-pad ``(C, X, Y, Z)`` by ``pads`` (per spatial axis, before/after)."""
     if not any(b or a for b, a in pads):
         return image
@@ -207,8 +189,8 @@ def _pad(image: Tensor, pads: tuple[tuple[int, int], ...]) -> Tensor:
     return F.pad(image, flat, mode="constant", value=0.0)
 
 
-def _crop(volume: Tensor, pads: tuple[tuple[int, int], ...], shape: Triple) -> Tensor:
-    """Undo :func:`_pad` on a ``(K, X, Y, Z)`` map."""
+def crop_volume(volume: Tensor, pads: tuple[tuple[int, int], ...], shape: Triple) -> Tensor:
+    """Undo :func:`pad_volume` on a ``(K, X, Y, Z)`` map."""
     index = (slice(None),) + tuple(slice(b, b + int(s)) for (b, _), s in zip(pads, shape))
     return volume[index]
 
@@ -246,7 +228,7 @@ def sliding_window_probs(
     shape = tuple(int(s) for s in image.shape[1:])
     pads = pad_amounts(shape, patch)
     with torch.no_grad():
-        volume = _pad(image.to(device=device, dtype=torch.float32), pads)
+        volume = pad_volume(image.to(device=device, dtype=torch.float32), pads)
         padded = tuple(int(s) for s in volume.shape[1:])
         starts = window_grid(padded, patch, stride)
         logger.debug("sliding window: %s -> %s padded, %d windows", shape, padded, len(starts))
@@ -260,7 +242,7 @@ def sliding_window_probs(
             for start, window_probs in zip(batch, probs):
                 score[_window_slices(start, patch)] += window_probs
         score /= coverage_counts(padded, patch, stride, device)
-        return _crop(score, pads, shape).contiguous().to(out_device)
+        return crop_volume(score, pads, shape).contiguous().to(out_device)
 
 
 def labels_from_probs(probs: Tensor) -> Tensor:

@@ -19,19 +19,12 @@ from pathlib import Path
 import torch
 
 from vasseg.config import ConfigError, Experiment
+from vasseg.data.setup import DataBundle, build_data, data_root, iter_cases
+from vasseg.data.splits import read_id_list, read_split
 from vasseg.data.volumes import DataError, check_training_cases
 from vasseg.engine.evaluate import evaluate_cases, summarize_rows, write_results
 from vasseg.engine.loading import load_run
-from vasseg.engine.setup import (
-    DataBundle,
-    build_data,
-    build_method,
-    iter_cases,
-    prepare_run_dir,
-    run_dir_for,
-    seed_everything,
-    select_device,
-)
+from vasseg.engine.setup import build_method, prepare_run_dir, run_dir_for, seed_everything, select_device
 from vasseg.engine import distributed
 from vasseg.engine.distributed import DistInfo
 from vasseg.engine.lock import run_lock
@@ -174,10 +167,6 @@ def _detach(handler: logging.Handler | None) -> None:
 def split_ids(exp: Experiment, run_dir: Path, split: str) -> tuple[list[str], str]:
     """Case ids of a named split and the file they come from (for messages): val/labeled/unlabeled
     from the run's split file, test from test.list, or an id-list file."""
-    from vasseg.data.la import read_id_list
-    from vasseg.data.splits import read_split
-    from vasseg.engine.setup import data_root
-
     if split == "test":
         path = data_root(exp) / exp.data.test_list
         return read_id_list(path), str(path)

@@ -22,6 +22,11 @@ from vasseg.atomic import WriteError, atomic_write_bytes
 log = logging.getLogger(__name__)
 
 
+def detached(values: dict[str, Any]) -> dict[str, Any]:
+    """Step outputs for logging: tensors detached (methods return their terms as computed)."""
+    return {k: v.detach() if isinstance(v, Tensor) else v for k, v in values.items()}
+
+
 class NonFiniteError(RuntimeError):
     """A loss or gradient norm became NaN/inf; the message names the step and the term."""
 
@@ -58,8 +63,7 @@ class ScalarLog:
 
     def record(self, step: int, values: dict[str, Any]) -> None:
         """Buffer the scalars of ``step`` (tensors are detached; nothing synchronises here)."""
-        clean = {k: v.detach() if isinstance(v, Tensor) else v for k, v in values.items()}
-        self.pending.append((step, clean))
+        self.pending.append((step, detached(values)))
 
     def flush(self, check: bool = True, reduce: Callable[[Tensor], Tensor] | None = None) -> list[dict[str, Any]]:
         """Move buffered scalars to the host, check them, write them; returns the rows."""

@@ -1,4 +1,7 @@
-"""Everything a run needs before its first step: device, seeds, data, method, run folder."""
+"""Everything a run needs before its first step: device, seeds, method, run folder.
+
+The data (split, volumes) come from :mod:`vasseg.data.setup`, re-exported here for callers.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +10,24 @@ import logging
 import os
 import platform
 import random
-import shutil
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
 
 from vasseg.config import ConfigError, Experiment, dump_yaml, run_name
-from vasseg.data.splits import Split, fold_val_ids, make_split, write_split
-from vasseg.data.volumes import Case, DataError, VolumeSet, rescale_case, validate_case
+from vasseg.data.format import get_format
+from vasseg.data.setup import (  # noqa: F401 - the data half, re-exported
+    DataBundle,
+    build_data,
+    data_root,
+    experiment_split,
+    iter_cases,
+    load_cases,
+    read_case,
+)
+from vasseg.data.splits import Split, write_split
 from vasseg.methods import get_method
 from vasseg.methods.base import Method
 
@@ -66,112 +75,6 @@ def use_channels_last(exp: Experiment, device: torch.device) -> bool:
     return mode == "on" or (mode == "auto" and device.type == "cuda")
 
 
-@dataclass
-class DataBundle:
-    """The split and the loaded volumes of one experiment."""
-
-    split: Split
-    labeled: VolumeSet
-    unlabeled: VolumeSet | None
-    val: VolumeSet | None
-
-
-def data_root(exp: Experiment) -> Path:
-    if not exp.data.root:
-        raise ConfigError("data.root: not set; give the dataset folder (e.g. data.root=/path/to/LA)")
-    root = Path(exp.data.root).expanduser()
-    if not root.is_dir():
-        raise ConfigError(f"data.root: {root} is not a folder")
-    return root
-
-
-def experiment_split(exp: Experiment) -> Split:
-    """Labeled / unlabeled / validation ids from the dataset's training list."""
-    from vasseg.data.la import read_id_list
-
-    root = data_root(exp)
-    train_ids = read_id_list(root / exp.data.train_list)
-    val_ids = exp.data.val_ids or None
-    if exp.data.folds:
-        val_ids = fold_val_ids(train_ids, exp.data.labeled, exp.data.folds, exp.data.fold)
-    return make_split(train_ids, exp.data.labeled, exp.data.num_val, val_ids)
-
-
-def load_cases(exp: Experiment, ids: list[str], progress: bool = True,
-               list_name: str = "the id list") -> VolumeSet:
-    """Read (and validate) the cases ``ids`` of the experiment's dataset, on the CPU.
-
-    ``list_name``: how an error about missing cases names the source of ``ids`` (its list file).
-    """
-    root = data_root(exp)
-    if exp.data.dataset == "la":
-        from vasseg.data.la import check_cases_exist, load_la
-
-        check_cases_exist(root, ids, list_name)
-        cases = load_la(root, ids, scale=exp.data.scale, spacing=exp.data.spacing, progress=progress,
-                        num_classes=exp.data.num_classes, intensity=exp.data.intensity)
-    else:  # "prepared": the output of `vasseg prepare`
-        from vasseg.data.prepared import check_classes, load_prepared
-
-        check_classes(root, exp.data.num_classes, exp.data.class_names)
-        cases = load_prepared(root, ids, scale=exp.data.scale, progress=progress)
-    cases.validate(exp.data.num_classes)
-    return cases
-
-
-def iter_cases(exp: Experiment, ids: list[str], list_name: str) -> Iterator[Case]:
-    """The validated cases ``ids`` one at a time, each read when the previous one is done with, so
-    that evaluating many cases needs the memory of one. Missing files are reported before any case
-    is read (one error names them all); a corrupt file stops the iteration when it is reached."""
-    check_listed_cases(exp, ids, list_name)
-    return (read_case(exp, case_id) for case_id in ids)
-
-
-def check_listed_cases(exp: Experiment, ids: list[str], list_name: str) -> None:
-    """One error naming every id without a file (and, for prepared data, a class-list mismatch)."""
-    root = data_root(exp)
-    if exp.data.dataset == "la":
-        from vasseg.data.la import check_cases_exist
-
-        check_cases_exist(root, ids, list_name)
-        return
-    from vasseg.data.prepared import case_path, check_classes
-
-    check_classes(root, exp.data.num_classes, exp.data.class_names)
-    if missing := [i for i in ids if not case_path(root, i).is_file()]:
-        raise DataError(f"{root}: {len(missing)} of {len(ids)} cases listed in {list_name} have no file: "
-                        f"{', '.join(missing)}")
-
-
-def read_case(exp: Experiment, case_id: str) -> Case:
-    """One validated case at the experiment's scale: image ``(1, X, Y, Z)``, label ``(X, Y, Z)``."""
-    root, d = data_root(exp), exp.data
-    if d.dataset == "la":
-        from vasseg.data.la import read_la_case
-
-        case = read_la_case(root, case_id, d.num_classes, d.spacing, d.intensity)
-        case = rescale_case(case, d.scale, d.num_classes)
-    else:
-        from vasseg.data.prepared import load_prepared
-
-        case = load_prepared(root, [case_id], scale=d.scale, progress=False)[0]
-    validate_case(case, d.num_classes)
-    return case
-
-
-def build_data(exp: Experiment, method_cls: type[Method], progress: bool = True) -> DataBundle:
-    """Load the labeled, unlabeled (if the method uses them) and validation volumes."""
-    split = experiment_split(exp)
-    wants_unlabeled = method_cls.uses_unlabeled and exp.data.unlabeled_bs > 0
-    if wants_unlabeled and not split.unlabeled:
-        raise ConfigError(f"method {method_cls.name!r} needs unlabeled cases but the split has none")
-    listed = str(data_root(exp) / exp.data.train_list)
-    labeled = load_cases(exp, split.labeled, progress, listed)
-    unlabeled = load_cases(exp, split.unlabeled, progress, listed) if wants_unlabeled else None
-    val = load_cases(exp, split.val, progress, listed) if split.val else None
-    return DataBundle(split=split, labeled=labeled, unlabeled=unlabeled, val=val)
-
-
 def build_method(exp: Experiment) -> Method:
     return get_method(exp.method.name)(exp)
 
@@ -201,8 +104,7 @@ def prepare_run_dir(exp: Experiment, split: Split, resume: bool) -> Path:
     (run_dir / "config.yaml").write_text(dump_yaml(exp))
     write_split(split, run_dir / "split.yaml")
     (run_dir / "env.json").write_text(json.dumps(environment(), indent=2))
-    if exp.data.dataset == "prepared":  # predict needs the preprocessing record even if the data moves
-        shutil.copy2(data_root(exp) / "prepared.json", run_dir / "prepared.json")
+    get_format(exp).record_run(run_dir)
     return run_dir
 
 

@@ -1,22 +1,31 @@
 """The one training engine every method runs on.
 
-The trainer owns: device and AMP, optimizers and learning-rate policies, the two-stream batches,
-gradient clipping, the generator/discriminator ordering, EMA teachers, buffered logging with the
-non-finite guard, periodic validation, and atomic checkpoints with exact resume. It also runs a
-method's training phases (:mod:`vasseg.methods.phases`) back to back, with the hand-over at each
-phase's first step, in this one loop.
+One step (:meth:`Trainer.train_step`), in this order::
+
+    hand-over      at a phase's first step: method.on_phase_start(phase), fresh optimizers if asked
+    lr             the phase's learning-rate policy at the phase's own step
+    batch          labeled then unlabeled patches, augmented where the volumes live
+    forward        out = method(batch, step)         under autocast: "loss" and the logged terms
+    backward       zero_grad; backward(out["loss"]); unscale; clip train.grad_clip; step (D frozen)
+    discriminator  D unfrozen: out_d = method.discriminator_step(batch, step); backward(loss_d); step
+    EMA            teacher = d teacher + (1 - d) student for each (teacher, student, d) of the method
+    after_step     method.after_step(step)           e.g. AD-MT's teacher alternation
+    logging        every term detached and buffered; flushed, checked finite, every train.log_every
+
+Around the steps (:meth:`Trainer.fit`): validation every ``train.val_every`` (``best.pt``), the
+step-end hooks (:data:`STEP_END_HOOKS`: the report registers its feature snapshots there),
+atomic checkpoints every ``train.ckpt_every`` (exact resume), and a clean stop on SIGTERM/SIGINT.
+A method's training phases (:mod:`vasseg.methods.phases`) run back to back in this one loop.
 """
 
 from __future__ import annotations
 
 import contextlib
-import signal
-import threading
 import logging
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -24,6 +33,7 @@ from tqdm import tqdm
 
 from vasseg.config import Experiment, to_dict
 from vasseg.data.batcher import Batch, TwoStreamBatcher
+from vasseg.data.setup import DataBundle
 from vasseg.engine import distributed
 from vasseg.engine.checkpoint import (
     CheckpointError,
@@ -35,12 +45,24 @@ from vasseg.engine.checkpoint import (
     set_rng_state,
 )
 from vasseg.engine.optim import ema_decay, ema_update, main_spec, make_optimizer, phase_lr_factor, set_lr
-from vasseg.engine.scalars import NonFiniteError, ScalarLog
-from vasseg.engine.setup import DataBundle, autocast_dtype, use_channels_last
+from vasseg.engine.scalars import NonFiniteError, ScalarLog, detached
+from vasseg.engine.setup import autocast_dtype, use_channels_last
+from vasseg.engine.stopping import StopRequest
 from vasseg.methods.base import Method
 from vasseg.methods.phases import PhaseAt, check_phases, locate
 
 log = logging.getLogger(__name__)
+
+StepEndHook = Callable[["Trainer"], None]
+"""Called after every step (after validation, before the checkpoint) with the trainer, on every rank."""
+STEP_END_HOOKS: list[StepEndHook] = []  # default hooks of every Trainer, see register_step_end
+
+
+def register_step_end(hook: StepEndHook) -> StepEndHook:
+    """Add ``hook`` to the hooks every new :class:`Trainer` runs (once; usable as a decorator)."""
+    if hook not in STEP_END_HOOKS:
+        STEP_END_HOOKS.append(hook)
+    return hook
 
 
 class TrainingStopped(RuntimeError):
@@ -55,7 +77,8 @@ class Trainer:
     """Trains ``method`` on ``data`` for ``exp.train.iterations`` steps, in ``run_dir``."""
 
     def __init__(self, exp: Experiment, method: Method, data: DataBundle, run_dir: Path,
-                 device: torch.device, rank: int = 0, world_size: int = 1) -> None:
+                 device: torch.device, rank: int = 0, world_size: int = 1,
+                 hooks: Sequence[StepEndHook] | None = None) -> None:
         self.exp, self.method, self.data, self.run_dir = exp, method, data, run_dir
         self.device, self.rank, self.world_size = device, rank, world_size
         self.is_main = rank == 0
@@ -76,10 +99,14 @@ class Trainer:
         self.optimizers = self._build_optimizers()
         # The main phase runs through DDP when distributed (it averages the main gradients).
         self.model: nn.Module = distributed.wrap(self.method, device) if world_size > 1 else self.method
-        self._stop_signal: int | None = None
+        self._stop = StopRequest()
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
         self.batcher = self._build_batcher()
         self.scalars = ScalarLog(run_dir, exp.run.tensorboard, enabled=self.is_main)
+        self.step_end_hooks = list(STEP_END_HOOKS if hooks is None else hooks)
+        if exp.run.feature_snapshots and not self.step_end_hooks:
+            log.warning("run.feature_snapshots: no step-end hook saves them (importing vasseg.report.features "
+                        "registers one; `vasseg train` does)")
 
     # -- construction -------------------------------------------------------------------------
 
@@ -262,8 +289,8 @@ class Trainer:
         batch = self._next_batch()
         with self._autocast():
             out = self.model(batch, step, "main")
-        out = dict(out)
         norm = self._optimize("main", out["loss"], self.main_params)
+        out = detached(out)
         if norm is not None:
             out["grad_norm"] = norm
         if "disc" in self.optimizers:
@@ -286,6 +313,7 @@ class Trainer:
                 # Not through DDP: its forward would expect the main parameters' gradients.
                 out = dict(self.method(batch, step, "disc"))
             norm = self._optimize("disc", out["loss_d"], params, allreduce=self.world_size > 1)
+            out = detached(out)
             if norm is not None:
                 out["grad_norm_d"] = norm
         finally:
@@ -303,7 +331,7 @@ class Trainer:
                    desc=self.method.name, dynamic_ncols=True)
         last: Path | None = None
         started = time.perf_counter()
-        restore = self._install_stop_handlers()
+        restore = self._stop.install()
         try:
             while self.step < t.iterations:
                 out = self.train_step()
@@ -311,17 +339,18 @@ class Trainer:
                 self.step += 1
                 at_ckpt = self.step % t.ckpt_every == 0 or self.step == t.iterations
                 at_val = bool(t.val_every) and self.step % t.val_every == 0
+                at_flush = self.step % t.log_every == 0 or at_ckpt or at_val
                 # Every checkpoint (best.pt from validation included) follows a checked flush,
                 # so no checkpoint ever holds weights trained on a non-finite step.
-                if self.step % t.log_every == 0 or at_ckpt or at_val:
+                if at_flush:
                     self._flush(bar)
                 if at_val:
                     self.validate()
-                if self.step in self.exp.run.feature_snapshots and self.is_main:
-                    self._feature_snapshot()
+                for hook in self.step_end_hooks:
+                    hook(self)
                 if at_ckpt:
                     last = self.save() or last
-                if self._stop_requested(at_flush=self.step % t.log_every == 0 or at_ckpt or at_val):
+                if self._stop.requested(self.world_size, at_flush, self.device):
                     self._stop_now(bar, at_ckpt)
         finally:
             restore()
@@ -330,34 +359,11 @@ class Trainer:
         log.info("trained %d steps in %.1f s", t.iterations, time.perf_counter() - started)
         return last
 
-    def _install_stop_handlers(self) -> Any:
-        """First SIGTERM/SIGINT: finish the step, save a checkpoint, stop. Returns an undo."""
-        if threading.current_thread() is not threading.main_thread():
-            return lambda: None
-        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-
-        def handler(signum: int, _frame: Any) -> None:
-            self._stop_signal = signum
-            for sig, old in previous.items():  # a second signal acts as usual
-                signal.signal(sig, old)
-
-        for sig in previous:
-            signal.signal(sig, handler)
-        return lambda: [signal.signal(sig, old) for sig, old in previous.items()]
-
-    def _stop_requested(self, at_flush: bool) -> bool:
-        if self.world_size == 1:
-            return self._stop_signal is not None
-        if not at_flush:  # ranks agree only at flush points, where they synchronise anyway
-            return False
-        return distributed.any_rank(self._stop_signal is not None, self.device)
-
     def _stop_now(self, bar: tqdm, saved: bool) -> None:
         self._flush(bar)
         path = latest_checkpoint(self.ckpt_dir) if saved else self.save()
-        name = signal.Signals(self._stop_signal).name if self._stop_signal else "a signal on another rank"
         raise TrainingInterrupted(
-            f"stopped by {name} at step {self.step}; checkpoint saved ({path}); "
+            f"stopped by {self._stop.name} at step {self.step}; checkpoint saved ({path}); "
             f"continue with the same command and --resume"
         )
 
@@ -374,13 +380,6 @@ class Trainer:
             bar.update(rows[-1]["step"] + 1 - bar.n)
             shown = {k: f"{v:.4g}" for k, v in rows[-1].items() if k.startswith("loss")}
             bar.set_postfix(shown, refresh=False)
-
-    def _feature_snapshot(self) -> None:
-        """Save sampled voxel features of the student now (for the report's feature figures)."""
-        from vasseg.report.features import save_snapshot
-
-        save_snapshot(self.method, self.data, self.exp, self.step, self.run_dir / "features", self.device)
-        self.method.train()
 
     def validate(self) -> dict[str, float] | None:
         """Score the student on the validation split; keep ``best.pt`` on its mean Dice."""

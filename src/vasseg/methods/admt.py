@@ -34,18 +34,21 @@ Dice on the test list (test leakage): here the last iteration.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vasseg.config import ConfigError, Experiment
 from vasseg.data.batcher import Batch
 from vasseg.methods import register
 from vasseg.methods.base import Method, make_teacher
-from vasseg.methods.losses import sigmoid_rampup, soft_dice_loss
+from vasseg.methods.losses import soft_dice_loss
 from vasseg.methods.mixing import cutmix, cutmix_boxes
+from vasseg.typed import ConfigError
+
+if TYPE_CHECKING:
+    from vasseg.config import Experiment
 
 
 @dataclass(frozen=True)
@@ -115,12 +118,15 @@ def all_class_dice(probs: Tensor, labels: Tensor) -> Tensor:
 
 @register("admt")
 class ADMT(Method):
+    """One student, two EMA teachers of which one is active at a time (alternating at random periods);
+    their entropy-weighted ensemble labels the strong views where it is confident."""
+
     Params = ADMTParams
     ema_buffers = True
+    needs_unlabeled = True
 
     def __init__(self, exp: Experiment) -> None:
         super().__init__(exp)
-        check_params(self.params)
         self.teacher_1 = make_teacher(self.build_student())
         self.teacher_2 = make_teacher(self.build_student())
         self._alt = {"first": True, "count": 0, "period": self._draw_period()}
@@ -156,7 +162,7 @@ class ADMT(Method):
         self._alt = {"first": bool(state["first"]), "count": int(state["count"]), "period": int(state["period"])}
 
     def consistency_weight(self, step: int) -> float:
-        return self.params.consistency * sigmoid_rampup(step, self.params.rampup * self.exp.train.iterations)
+        return self.ramp(self.params.consistency, self.params.rampup, step)
 
     # -- step ---------------------------------------------------------------------------------
 
@@ -198,9 +204,15 @@ class ADMT(Method):
             keep = conf >= self.params.conf_threshold
         unsup = confident_ce(pred_s, label, keep)
         w = self.consistency_weight(step)
-        return {"loss": sup + w * unsup, "loss_sup": sup.detach(), "loss_unsup": unsup.detach(), "w_cons": w,
+        return {"loss": sup + w * unsup, "loss_sup": sup, "loss_unsup": unsup, "w_cons": w,
                 "confident": keep.float().mean(), "conflict": conflict.float().mean(),
                 "teacher": 1.0 if self._alt["first"] else 2.0}
+
+
+    @classmethod
+    def check_config(cls, exp: Experiment) -> None:
+        super().check_config(exp)
+        check_params(exp.method.params)
 
 
 def check_params(p: ADMTParams) -> None:

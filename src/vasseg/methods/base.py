@@ -3,10 +3,12 @@
 The engine (:mod:`vasseg.engine.trainer`) does backward passes, optimizer steps, AMP, EMA,
 clipping, checkpoints and logging. A method:
 
-* builds its modules in ``__init__`` (``self.student`` always; a teacher made with
+* builds its modules in ``__init__`` (``self.student`` always; ``ema_teacher = True`` gives it
+  ``self.teacher``, a copy of the student averaged by EMA; other teachers are made with
   :func:`make_teacher`; heads; a discriminator);
 * returns named losses from :meth:`Method.training_step` (the key ``loss`` is what the main
-  optimizer minimises; other keys are logged);
+  optimizer minimises; other keys are logged, and the engine detaches them: a method returns
+  its terms as computed);
 * declares a second player, if any, through :meth:`discriminator_parameters` /
   :meth:`discriminator_optimizer` and returns ``loss_d`` from :meth:`discriminator_step`,
   which the engine calls after the generator step, with the discriminator frozen during the
@@ -14,7 +16,14 @@ clipping, checkpoints and logging. A method:
 * declares its EMA pairs through :meth:`ema_pairs`; the engine updates them after each step
   (a method that schedules its teachers itself overrides :meth:`ema_updates`);
 * may declare training phases (:meth:`phases`, see :mod:`vasseg.methods.phases`); the engine
-  calls :meth:`on_phase_start` at each phase's first step.
+  calls :meth:`on_phase_start` at each phase's first step;
+* declares what it needs of the experiment: ``needs_unlabeled`` (refuse ``data.unlabeled_bs=0``)
+  and :meth:`check_config` (further checks), both run once when the experiment is built, so a
+  bad combination fails at load with one line, not at step 0;
+* ramps a weight with :meth:`ramp` (the lineage's Gaussian ramp over a fraction of training).
+
+Option sets of the hyper-parameters are ``Literal[...]`` fields, checked at load by
+:mod:`vasseg.typed`.
 """
 
 from __future__ import annotations
@@ -23,22 +32,30 @@ import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
 
-from vasseg.config import Experiment
 from vasseg.data.batcher import Batch
+from vasseg.methods.losses import sigmoid_rampup
 from vasseg.methods.phases import Phase, PhaseAt, locate
+from vasseg.models.outputs import ProbsKind, probs_from_logits
 from vasseg.models.vnet import VNet
+from vasseg.typed import ConfigError
+
+if TYPE_CHECKING:
+    from vasseg.config import Experiment
+
+
+TeacherMode = Literal["train", "eval"]  # see teacher_in_mode
 
 
 @dataclass(frozen=True)
 class OptimizerSpec:
     """A second optimizer a method asks the engine for (constant learning rate)."""
 
-    name: str  # "adam" | "sgd"
+    name: Literal["adam", "sgd"]
     lr: float
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.0
@@ -56,7 +73,9 @@ class Method(nn.Module):
     name: ClassVar[str] = ""
     Params: ClassVar[type] = NoParams
     uses_unlabeled: ClassVar[bool] = True  # False: the engine draws labeled batches only
-    output_kind: ClassVar[str] = "softmax"  # how predict() turns logits into probabilities
+    needs_unlabeled: ClassVar[bool] = False  # True: data.unlabeled_bs = 0 is refused at load
+    ema_teacher: ClassVar[bool] = False  # True: self.teacher, the student's EMA copy (the one EMA pair)
+    output_kind: ClassVar[ProbsKind] = "softmax"  # how predict() turns logits into probabilities
     ema_buffers: ClassVar[bool] = False  # the engine's EMA also averages floating buffers (BN statistics)
 
     def __init__(self, exp: Experiment) -> None:
@@ -65,6 +84,21 @@ class Method(nn.Module):
         self.params = exp.method.params
         self.num_classes = exp.data.num_classes
         self.student: nn.Module = self.build_student()
+        if self.ema_teacher:
+            self.teacher = make_teacher(self.student)
+
+    @classmethod
+    def check_config(cls, exp: Experiment) -> None:
+        """Checks of the whole experiment, run once when it is built (ConfigError, one line).
+
+        Subclasses extend it (calling ``super().check_config(exp)`` first)."""
+        if cls.needs_unlabeled and exp.data.unlabeled_bs < 1:
+            raise ConfigError(f"data.unlabeled_bs: method {cls.name!r} needs unlabeled patches, so it "
+                              f"must be >= 1 (got {exp.data.unlabeled_bs})")
+
+    def ramp(self, w_max: float, rampup: float, step: int) -> float:
+        """``w_max exp(-5 (1 - t)^2)``, ``t = step / (rampup * train.iterations)`` clipped to [0, 1]."""
+        return w_max * sigmoid_rampup(step, rampup * self.exp.train.iterations)
 
     # -- building -----------------------------------------------------------------------------
 
@@ -86,11 +120,15 @@ class Method(nn.Module):
         return []
 
     def discriminator_optimizer(self) -> OptimizerSpec | None:
-        return None
+        """The discriminator's optimizer: by default Adam at ``params.disc_lr`` and ``params.disc_betas``
+        (the recipe of every adversarial method here) when there are discriminator parameters."""
+        if not self.discriminator_parameters():
+            return None
+        return OptimizerSpec(name="adam", lr=self.params.disc_lr, betas=self.params.disc_betas)
 
     def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         """``(teacher, student)`` module pairs the engine updates by EMA after every step."""
-        return []
+        return [(self.teacher, self.student)] if self.ema_teacher else []
 
     def ema_updates(self, step: int, decay: float) -> list[tuple[nn.Module, nn.Module, float]]:
         """``(teacher, student, decay)`` the engine averages after ``step``; ``decay`` is the engine's."""
@@ -137,8 +175,6 @@ class Method(nn.Module):
 
     def predict(self, x: Tensor) -> Tensor:
         """Class probabilities ``(B, num_classes, X, Y, Z)`` for a batch of patches."""
-        from vasseg.engine.inference import probs_from_logits
-
         return probs_from_logits(self.logits(x), self.output_kind)
 
 
@@ -163,7 +199,7 @@ def make_teacher(student: nn.Module) -> nn.Module:
 
 
 @contextmanager
-def teacher_in_mode(teacher: nn.Module, mode: str) -> Iterator[None]:
+def teacher_in_mode(teacher: nn.Module, mode: TeacherMode) -> Iterator[None]:
     """Run ``teacher`` in ``mode`` ("train": the lineage's batch statistics and dropout;
     "eval": running statistics, no dropout) and restore its previous mode afterwards."""
     was_training = teacher.training

@@ -30,6 +30,7 @@ hard-coded); here in ``[0, S - side)`` of the actual patch, the same at 112 x 11
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -37,12 +38,15 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch import Tensor, nn
 
-from vasseg.config import ConfigError, Experiment
 from vasseg.data.batcher import Batch
 from vasseg.methods import register
-from vasseg.methods.base import Method, make_teacher
+from vasseg.methods.base import Method
 from vasseg.methods.mixing import cube_mask, paste
 from vasseg.methods.phases import Phase
+from vasseg.typed import ConfigError
+
+if TYPE_CHECKING:
+    from vasseg.config import Experiment
 
 PRETRAIN, SELFTRAIN = "pretrain", "selftrain"
 
@@ -101,12 +105,11 @@ def largest_component(masks: Tensor) -> Tensor:
 
 @register("bcp")
 class BCP(Method):
-    Params = BCPParams
+    """Copy-paste of labeled and unlabeled halves: a supervised pre-train, then self-training."""
 
-    def __init__(self, exp: Experiment) -> None:
-        super().__init__(exp)
-        check_params(self.params, exp)
-        self.teacher = make_teacher(self.student)
+    Params = BCPParams
+    needs_unlabeled = True
+    ema_teacher = True
 
     # -- phases and teacher -------------------------------------------------------------------
 
@@ -119,9 +122,6 @@ class BCP(Method):
     def on_phase_start(self, phase: Phase) -> None:
         if phase.name == SELFTRAIN:  # their self-train loads the pre-trained weights into both nets
             self.teacher.load_state_dict(self.student.state_dict())
-
-    def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
-        return [(self.teacher, self.student)]
 
     def ema_updates(self, step: int, decay: float) -> list[tuple[nn.Module, nn.Module, float]]:
         if self.phase_at(step).phase.name == PRETRAIN:  # no teacher before the hand-over
@@ -147,7 +147,7 @@ class BCP(Method):
         logits = self.student(image).logits
         ce = F.cross_entropy(logits.float(), label)
         dice = region_dice_loss(logits, label)
-        return {"loss": (ce + dice) / 2, "loss_ce": ce.detach(), "loss_dice": dice.detach()}
+        return {"loss": (ce + dice) / 2, "loss_ce": ce, "loss_dice": dice}
 
     @torch.no_grad()
     def pseudo_labels(self, image: Tensor) -> Tensor:
@@ -167,8 +167,14 @@ class BCP(Method):
         logits_u = self.student(paste(un_b, img_b, keep)).logits
         loss_l = mix_loss(logits_l, lab_a, plab_a, keep, 1.0, p.u_weight)
         loss_u = mix_loss(logits_u, plab_b, lab_b, keep, p.u_weight, 1.0)
-        return {"loss": loss_l + loss_u, "loss_l": loss_l.detach(), "loss_u": loss_u.detach(),
+        return {"loss": loss_l + loss_u, "loss_l": loss_l, "loss_u": loss_u,
                 "pseudo_fg": torch.cat([plab_a, plab_b]).float().mean()}
+
+
+    @classmethod
+    def check_config(cls, exp: Experiment) -> None:
+        super().check_config(exp)
+        check_params(exp.method.params, exp)
 
 
 def check_params(p: BCPParams, exp: Experiment) -> None:

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from vasseg.data.batcher import Batch
 from vasseg.methods import register
-from vasseg.methods.sassnet import SDMHeadMethod
+from vasseg.methods.sdm_head import SDMHeadMethod
 
 
 @dataclass(frozen=True)
@@ -48,10 +48,13 @@ def dual_task_consistency(sdm: Tensor, seg_logits: Tensor, sharpness: float = 15
 
 @register("dtc")
 class DTC(SDMHeadMethod):
+    """Dual-head student; consistency between the segmentation and the mask of its SDM."""
+
     Params = DTCParams
+    term = "cons"
 
     def consistency_weight(self, step: int) -> float:
-        return self.ramped(self.params.consistency, self.params.rampup, step)
+        return self.ramp(self.params.consistency, self.params.rampup, step)
 
     def loss_terms(self, batch: Batch, step: int) -> dict[str, Tensor | float]:
         """Live supervised and consistency terms and the step's weight."""
@@ -60,10 +63,3 @@ class DTC(SDMHeadMethod):
         terms["loss_cons"] = dual_task_consistency(out.sdm, out.logits, self.params.sharpness)
         terms["w_cons"] = self.consistency_weight(step)
         return terms
-
-    def training_step(self, batch: Batch, step: int) -> dict[str, Tensor]:
-        t = self.loss_terms(batch, step)
-        sup = t["loss_dice"] + self.params.beta * t["loss_sdm"]
-        loss = sup + t["w_cons"] * t["loss_cons"]
-        logged = {k: v.detach() if isinstance(v, Tensor) else v for k, v in t.items()}
-        return {"loss": loss, "loss_sup": sup.detach(), **logged}

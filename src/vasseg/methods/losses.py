@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+
+# The supervised terms a method's ``supervised_loss`` option may name (see supervised_loss).
+SupervisedLoss = Literal["ce_dice", "dice", "ce"]
+ConsistencyReduction = Literal["mean", "sum"]  # see softmax_mse
 
 
 def soft_dice_loss(probs: Tensor, target: Tensor, smooth: float = 1e-5) -> Tensor:
@@ -33,7 +39,7 @@ def multiclass_dice_loss(probs: Tensor, labels: Tensor, smooth: float = 1e-5) ->
     return torch.stack(losses).mean()
 
 
-def supervised_loss(logits: Tensor, labels: Tensor, kind: str = "dice") -> Tensor:
+def supervised_loss(logits: Tensor, labels: Tensor, kind: SupervisedLoss = "dice") -> Tensor:
     """Supervised segmentation loss on labeled patches.
 
     ``kind="dice"`` is the VAS paper's Eq. 4; ``"ce_dice"`` is the lineage's 0.5 (CE + Dice);
@@ -50,7 +56,7 @@ def supervised_loss(logits: Tensor, labels: Tensor, kind: str = "dice") -> Tenso
     raise ValueError(f"unknown supervised loss {kind!r}; choose dice, ce_dice or ce")
 
 
-def softmax_mse(student_logits: Tensor, teacher_logits: Tensor, reduction: str = "mean") -> Tensor:
+def softmax_mse(student_logits: Tensor, teacher_logits: Tensor, reduction: ConsistencyReduction = "mean") -> Tensor:
     """Squared difference of the two softmaxes (the lineage's consistency loss).
 
     ``"mean"`` runs over every element ``(B, K, X, Y, Z)`` (the lineage); ``"sum"`` is the squared
@@ -63,6 +69,15 @@ def softmax_mse(student_logits: Tensor, teacher_logits: Tensor, reduction: str =
     if reduction == "sum":
         return F.mse_loss(probs_s, probs_t, reduction="sum") / student_logits.shape[0]
     raise ValueError(f"unknown consistency reduction {reduction!r}; choose mean or sum")
+
+
+def consistency_term(student_logits: Tensor, teacher_logits: Tensor, n_l: int, on: Literal["all", "unlabeled"],
+                     reduction: ConsistencyReduction = "mean") -> Tensor:
+    """:func:`softmax_mse` over all ``(B, K, X, Y, Z)`` patches, or (``on="unlabeled"``) over those
+    after the first ``n_l`` (the labeled ones)."""
+    if on == "unlabeled":
+        student_logits, teacher_logits = student_logits[n_l:], teacher_logits[n_l:]
+    return softmax_mse(student_logits, teacher_logits, reduction)
 
 
 def sigmoid_rampup(step: float, length: float) -> float:

@@ -23,15 +23,14 @@ natural generalisation to ``K`` classes); the Dice is averaged over the foregrou
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
-from vasseg.config import ConfigError, Experiment
 from vasseg.data.batcher import Batch
 from vasseg.methods import register
 from vasseg.methods.base import Method
-from vasseg.methods.losses import sigmoid_rampup
 from vasseg.models.multihead import MultiDecoderVNet
 
 VERSIONS: dict[str, tuple[str, ...]] = {
@@ -42,7 +41,7 @@ VERSIONS: dict[str, tuple[str, ...]] = {
 
 @dataclass(frozen=True)
 class MCNetParams:
-    version: str = "v1"  # v1: two decoders (MICCAI 2021), v2: three (MC-Net+)
+    version: Literal["v1", "v2"] = "v1"  # v1: two decoders (MICCAI 2021), v2: three (MC-Net+)
     supervised_weight: float = 0.5  # their lamda / beta on the summed Dice
     consistency: float = 1.0  # w_max of the mutual consistency (their code's default)
     rampup: float = 0.4  # fraction of train.iterations: 40 * 150 = 6000 of their 15000
@@ -85,12 +84,9 @@ def mutual_consistency(logits: list[Tensor], temperature: float, detach_target: 
 
 @register("mcnet")
 class MCNet(Method):
-    Params = MCNetParams
+    """One encoder, decoders that up-sample differently; mutual consistency of their sharpened outputs."""
 
-    def __init__(self, exp: Experiment) -> None:
-        if exp.method.params.version not in VERSIONS:
-            raise ConfigError(f"method.version: {exp.method.params.version!r} is not one of {', '.join(VERSIONS)}")
-        super().__init__(exp)
+    Params = MCNetParams
 
     def build_student(self) -> nn.Module:
         m = self.exp.model
@@ -103,8 +99,7 @@ class MCNet(Method):
 
     def consistency_weight(self, step: int) -> float:
         # Their counter is incremented before the weight is computed: ramp(step + 1).
-        ramp = sigmoid_rampup(step + 1, self.params.rampup * self.exp.train.iterations)
-        return self.params.consistency * ramp
+        return self.ramp(self.params.consistency, self.params.rampup, step + 1)
 
     def loss_terms(self, batch: Batch, step: int) -> dict[str, Tensor | float]:
         """Live per-decoder Dice terms, the mutual consistency, and the step's weight."""
@@ -122,6 +117,4 @@ class MCNet(Method):
         t = self.loss_terms(batch, step)
         dice = [v for k, v in t.items() if k.startswith("loss_dice_")]
         sup = self.params.supervised_weight * torch.stack(dice).sum()
-        loss = sup + t["w_cons"] * t["loss_cons"]
-        logged = {k: v.detach() if isinstance(v, Tensor) else v for k, v in t.items()}
-        return {"loss": loss, "loss_sup": sup.detach(), **logged}
+        return {"loss": sup + t["w_cons"] * t["loss_cons"], "loss_sup": sup, **t}

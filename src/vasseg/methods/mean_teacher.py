@@ -8,14 +8,18 @@ Student on labeled + unlabeled patches; EMA teacher on the (noised) unlabeled pa
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from vasseg.data.batcher import Batch
 from vasseg.methods import register
-from vasseg.methods.base import Method, make_teacher, teacher_noise
-from vasseg.methods.losses import sigmoid_rampup, softmax_mse, supervised_loss
+from vasseg.methods.base import Method, teacher_noise
+from vasseg.methods.losses import SupervisedLoss, softmax_mse, supervised_loss
+
+if TYPE_CHECKING:
+    from vasseg.config import Experiment
 
 
 @dataclass(frozen=True)
@@ -24,28 +28,22 @@ class MeanTeacherParams:
     # Ramp length as a fraction of train.iterations. The lineage counts iter // 150 up to 40,
     # i.e. 6000 of 6000 iterations; expressed in iterations, the ramp ends with training.
     rampup: float = 1.0
-    consistency_on: str = "unlabeled"  # unlabeled (lineage) | all
+    consistency_on: Literal["unlabeled", "all"] = "unlabeled"  # unlabeled: the lineage
     noise_std: float = 0.1  # teacher input noise clamp(N(0, 0.1), +-0.2)
     noise_clip: float = 0.2
-    supervised_loss: str = "ce_dice"  # ce_dice (lineage) | dice
+    supervised_loss: SupervisedLoss = "ce_dice"  # ce_dice: the lineage
 
 
 @register("mean_teacher")
 class MeanTeacher(Method):
+    """Student + EMA teacher; softmax-MSE consistency on the (noised) unlabeled patches, ramped."""
+
     Params = MeanTeacherParams
-
-    def __init__(self, exp) -> None:
-        super().__init__(exp)
-        if self.params.consistency_on not in ("unlabeled", "all"):
-            raise ValueError(f"method.consistency_on: {self.params.consistency_on!r} is not unlabeled or all")
-        self.teacher = make_teacher(self.student)
-
-    def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
-        return [(self.teacher, self.student)]
+    needs_unlabeled = True
+    ema_teacher = True
 
     def consistency_weight(self, step: int) -> float:
-        ramp = self.params.rampup * self.exp.train.iterations
-        return self.params.consistency * sigmoid_rampup(step, ramp)
+        return self.ramp(self.params.consistency, self.params.rampup, step)
 
     def training_step(self, batch: Batch, step: int) -> dict[str, Tensor]:
         n_l = batch.image_l.shape[0]
@@ -57,9 +55,4 @@ class MeanTeacher(Method):
         s_logits = logits if self.params.consistency_on == "all" else logits[n_l:]
         cons = softmax_mse(s_logits, t_logits)
         w = self.consistency_weight(step)
-        return {
-            "loss": sup + w * cons,
-            "loss_sup": sup.detach(),
-            "loss_cons": cons.detach(),
-            "w_cons": w,
-        }
+        return {"loss": sup + w * cons, "loss_sup": sup, "loss_cons": cons, "w_cons": w}

@@ -14,83 +14,26 @@ From kleinzcy/SASSnet ``code/train_gan_sdfloss.py``, ``networks/vnet_sdf.py``,
   gradient on all four patches, the discriminator (training mode) classifies labeled (1) vs
   unlabeled (0) with cross-entropy; Adam lr 1e-4, betas (0.9, 0.99).
 
-:class:`SDMHeadMethod` (the dual-head student and its supervised terms) is shared with DTC.
+The dual-head student and its supervised terms are :class:`~vasseg.methods.sdm_head.SDMHeadMethod`'s
+(shared with DTC).
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vasseg.config import ConfigError, Experiment
 from vasseg.data.batcher import Batch
 from vasseg.methods import register
-from vasseg.methods.base import Method, OptimizerSpec
-from vasseg.methods.losses import sigmoid_rampup, soft_dice_loss
+from vasseg.methods.sdm_head import SDMHeadMethod, eval_mode
 from vasseg.models.discriminator import SDMDiscriminator
-from vasseg.models.multihead import SDMOutput, SDMVNet
-from vasseg.sdm import signed_distance_map
 
-
-def require_binary(exp: Experiment, name: str) -> None:
-    """The SDM-head methods' public code is binary (one sigmoid channel)."""
-    if exp.data.num_classes != 2:
-        raise ConfigError(
-            f"{name} supports 2 classes (its public code is binary); data.num_classes is "
-            f"{exp.data.num_classes}"
-        )
-
-
-def require_unlabeled(exp: Experiment, name: str) -> None:
-    if exp.data.unlabeled_bs < 1:
-        raise ConfigError(f"{name} needs unlabeled patches: data.unlabeled_bs must be >= 1")
-
-
-@contextlib.contextmanager
-def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
-    """Temporarily put ``module`` in eval mode, restoring its previous mode afterwards."""
-    was_training = module.training
-    module.eval()
-    try:
-        yield module
-    finally:
-        module.train(was_training)
-
-
-class SDMHeadMethod(Method):
-    """Base of SASSNet and DTC: dual-head student, Dice + beta * MSE(SDM) on labeled patches.
-
-    The student's ``logits`` are one sigmoid channel: ``predict`` returns ``[1 - p, p]``, so the
-    engine's argmax is the lineage's ``p > 0.5``.
-    """
-
-    output_kind = "sigmoid"
-
-    def __init__(self, exp: Experiment) -> None:
-        require_binary(exp, self.name)
-        super().__init__(exp)
-
-    def build_student(self) -> nn.Module:
-        m = self.exp.model
-        return SDMVNet(m.in_channels, 1, m.filters, m.norm, m.dropout)
-
-    def supervised_terms(self, out: SDMOutput, batch: Batch) -> dict[str, Tensor]:
-        """Dice of the sigmoid and MSE of the SDM head on the labeled patches (live tensors)."""
-        n_l = batch.labeled_bs
-        fg = batch.label_l == 1  # (B_l, X, Y, Z)
-        gt_sdm = signed_distance_map(fg)  # once per batch, on the device, no gradient
-        loss_sdm = F.mse_loss(out.sdm[:n_l, 0].float(), gt_sdm)
-        loss_dice = soft_dice_loss(torch.sigmoid(out.logits[:n_l, 0].float()), fg)
-        return {"loss_dice": loss_dice, "loss_sdm": loss_sdm}
-
-    def ramped(self, w_max: float, rampup: float, step: int) -> float:
-        """``w_max`` times the Gaussian ramp over ``rampup * train.iterations`` iterations."""
-        return w_max * sigmoid_rampup(step, rampup * self.exp.train.iterations)
+if TYPE_CHECKING:
+    from vasseg.config import Experiment
 
 
 @dataclass(frozen=True)
@@ -103,29 +46,27 @@ class SASSNetParams:
     disc_filters: int = 64
     # eval_recompute: D learns on the updated student's SDM in eval mode (their code);
     # cached: on the generator step's detached SDM (one forward pass cheaper).
-    disc_input: str = "eval_recompute"
+    disc_input: Literal["eval_recompute", "cached"] = "eval_recompute"
 
 
 @register("sassnet")
 class SASSNet(SDMHeadMethod):
+    """Dual-head student; a discriminator on the SDMs makes unlabeled shapes look like labeled ones."""
+
     Params = SASSNetParams
+    needs_unlabeled = True
+    term = "adv"
 
     def __init__(self, exp: Experiment) -> None:
         super().__init__(exp)
-        require_unlabeled(exp, self.name)
-        if self.params.disc_input not in ("eval_recompute", "cached"):
-            raise ConfigError(f"method.disc_input: {self.params.disc_input!r} is not eval_recompute or cached")
         self.discriminator = SDMDiscriminator(1, exp.model.in_channels, self.params.disc_filters)
         self._cached_sdm: Tensor | None = None
 
     def discriminator_parameters(self) -> list[nn.Parameter]:
         return list(self.discriminator.parameters())
 
-    def discriminator_optimizer(self) -> OptimizerSpec:
-        return OptimizerSpec(name="adam", lr=self.params.disc_lr, betas=self.params.disc_betas)
-
     def adversarial_weight(self, step: int) -> float:
-        return self.ramped(self.params.adversarial, self.params.rampup, step)
+        return self.ramp(self.params.adversarial, self.params.rampup, step)
 
     # -- generator ----------------------------------------------------------------------------
 
@@ -141,13 +82,6 @@ class SASSNet(SDMHeadMethod):
         terms["w_adv"] = self.adversarial_weight(step)
         self._cached_sdm = out.sdm.detach()
         return terms
-
-    def training_step(self, batch: Batch, step: int) -> dict[str, Tensor]:
-        t = self.loss_terms(batch, step)
-        sup = t["loss_dice"] + self.params.beta * t["loss_sdm"]
-        loss = sup + t["w_adv"] * t["loss_adv"]
-        logged = {k: v.detach() if isinstance(v, Tensor) else v for k, v in t.items()}
-        return {"loss": loss, "loss_sup": sup.detach(), **logged}
 
     # -- discriminator ------------------------------------------------------------------------
 
@@ -169,4 +103,4 @@ class SASSNet(SDMHeadMethod):
         target[:n_l] = 1  # labeled = 1 ("real"), unlabeled = 0
         loss_d = F.cross_entropy(logits.float(), target)
         accuracy = (logits.argmax(dim=1) == target).float().mean()
-        return {"loss_d": loss_d, "d_accuracy": accuracy.detach()}
+        return {"loss_d": loss_d, "d_accuracy": accuracy}

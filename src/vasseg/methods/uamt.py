@@ -20,15 +20,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from vasseg.config import ConfigError, Experiment
 from vasseg.data.batcher import Batch
 from vasseg.methods import register
-from vasseg.methods.base import Method, make_teacher, teacher_noise
-from vasseg.methods.losses import sigmoid_rampup, supervised_loss
+from vasseg.methods.base import Method, teacher_noise
+from vasseg.methods.losses import SupervisedLoss, supervised_loss
+from vasseg.typed import ConfigError
+
+if TYPE_CHECKING:
+    from vasseg.config import Experiment
 
 ENTROPY_EPS = 1e-6  # inside the log, as in their entropy
 
@@ -43,7 +47,7 @@ class UAMTParams:
     copies_per_forward: int = 2  # noisy copies stacked per teacher forward (their code: 2)
     threshold_start: float = 0.75  # threshold = (start + (1 - start) ramp) ln K
     threshold_rampup: float = 1.0  # threshold ramp length, fraction of train.iterations
-    supervised_loss: str = "ce_dice"  # ce_dice (their code) | dice
+    supervised_loss: SupervisedLoss = "ce_dice"  # ce_dice: their code
 
 
 def predictive_entropy(probs: Tensor) -> Tensor:
@@ -64,30 +68,31 @@ def masked_consistency(student_logits: Tensor, teacher_logits: Tensor, mask: Ten
 
 @register("uamt")
 class UAMT(Method):
-    Params = UAMTParams
+    """Mean teacher whose consistency keeps the voxels the teacher is certain about (MC dropout)."""
 
-    def __init__(self, exp: Experiment) -> None:
-        super().__init__(exp)
-        p = self.params
+    Params = UAMTParams
+    needs_unlabeled = True
+    ema_teacher = True
+
+    @classmethod
+    def check_config(cls, exp: Experiment) -> None:
+        super().check_config(exp)
+        p: UAMTParams = exp.method.params
         if p.passes < 1 or p.copies_per_forward < 1 or p.passes % p.copies_per_forward:
             raise ConfigError(
                 f"method.passes ({p.passes}) must be a positive multiple of method.copies_per_forward "
                 f"({p.copies_per_forward})"
             )
-        self.teacher = make_teacher(self.student)
-
-    def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
-        return [(self.teacher, self.student)]
 
     # -- schedules ----------------------------------------------------------------------------
 
     def consistency_weight(self, step: int) -> float:
-        return self.params.consistency * sigmoid_rampup(step, self.params.rampup * self.exp.train.iterations)
+        return self.ramp(self.params.consistency, self.params.rampup, step)
 
     def uncertainty_threshold(self, step: int) -> float:
         """Entropy threshold in nats: ``(0.75 + 0.25 ramp(step)) ln K`` by default."""
         p = self.params
-        ramp = sigmoid_rampup(step, p.threshold_rampup * self.exp.train.iterations)
+        ramp = self.ramp(1.0, p.threshold_rampup, step)
         return (p.threshold_start + (1.0 - p.threshold_start) * ramp) * math.log(self.num_classes)
 
     # -- teacher ------------------------------------------------------------------------------
@@ -128,5 +133,4 @@ class UAMT(Method):
 
     def training_step(self, batch: Batch, step: int) -> dict[str, Tensor]:
         t = self.loss_terms(batch, step)
-        loss = t["loss_sup"] + t["w_cons"] * t["loss_cons"]
-        return {"loss": loss, **{k: v.detach() if isinstance(v, Tensor) else v for k, v in t.items()}}
+        return {"loss": t["loss_sup"] + t["w_cons"] * t["loss_cons"], **t}

@@ -64,6 +64,11 @@ class VoxelIndex:
         """``(K,)`` number of valid sampled voxels per class over the batch (float, on device)."""
         return self.valid.float().sum(0) * self.flat.shape[2]
 
+    def named_counts(self, prefix: str) -> dict[str, Tensor]:
+        """:meth:`counts` as loggable scalars ``{prefix}_c0 .. {prefix}_c{K-1}``."""
+        counts = self.counts()
+        return {f"{prefix}_c{c}": counts[c] for c in range(self.num_classes)}
+
     def coords(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """``(b, x, y, z)``, each ``(N,)`` int64: image index and voxel coordinates of every row."""
         b, k, n = self.flat.shape
@@ -139,6 +144,11 @@ def reduce_voxels(values: Tensor, index: VoxelIndex, reduction: str) -> Tensor:
 
 
 # ------------------------------------------------------------------------- reading feature maps
+
+
+def select_levels(maps: Sequence[Tensor], levels: Sequence[int], part: slice) -> list[Tensor]:
+    """The encoder maps of ``levels`` (0..4: strides 1..16), restricted to the images ``part``."""
+    return [maps[i][part] for i in levels]
 
 
 def read_voxels(fmap: Tensor, index: VoxelIndex) -> Tensor:
@@ -258,3 +268,22 @@ def byol_loss(prediction: Tensor, target: Tensor) -> Tensor:
     """
     diff = F.normalize(prediction, dim=1) - F.normalize(target.detach(), dim=1)
     return diff.pow(2).sum(dim=1)
+
+
+def voxel_byol_loss(prediction: Tensor, target: Tensor, index: VoxelIndex, same_class: bool = False) -> Tensor:
+    """:func:`byol_loss` of the sampled voxels' rows ``(N, D)``, averaged over the valid ones.
+
+    ``same_class``: each prediction meets the target of another voxel of its class (the slots of
+    every (image, class) block permuted alike) instead of its own voxel's.
+    """
+    if same_class:
+        target = shuffle_within_class(target, index)
+    return masked_mean(byol_loss(prediction, target), index.mask)
+
+
+def shuffle_within_class(rows: Tensor, index: VoxelIndex) -> Tensor:
+    """Permute the ``n`` slots of every (image, class) block of ``rows`` ``(N, C)`` alike, so that
+    row ``i`` meets another voxel of its class (BYOL's ``same_class`` pairs)."""
+    bsz, k, n = index.flat.shape
+    perm = torch.randperm(n, device=rows.device)
+    return rows.view(bsz, k, n, -1)[:, :, perm].reshape(rows.shape)

@@ -8,8 +8,9 @@ the sampled voxels only). Voxels are sampled per class, balanced and bounded.
 
 A voxel's class is its ground truth when the volume has a label (every LA training case does, so
 "unlabeled" volumes are coloured by truths the method never saw) and the network's prediction
-otherwise (``from_prediction``). :func:`save_snapshot` is the training hook that stores a sample
-as ``step_NNNNNN.npz`` so the report can show the alignment over training.
+otherwise (``from_prediction``). :func:`save_snapshot` stores a sample as ``step_NNNNNN.npz`` so the
+report can show the alignment over training; :func:`snapshot_hook`, registered with the trainer
+when this module is imported, calls it at the steps ``run.feature_snapshots`` lists.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from vasseg.engine.trainer import Trainer, register_step_end
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +76,12 @@ class FeatureSample:
 
 def crop_around_foreground(image: Tensor, label: Tensor | None, patch: tuple[int, ...]) -> tuple[Tensor, Tensor | None]:
     """A ``patch``-sized crop centred on the label's foreground box (zero-padded if needed)."""
-    from vasseg.engine.inference import _pad, pad_amounts
+    from vasseg.engine.inference import pad_amounts, pad_volume
 
     pads = pad_amounts(tuple(image.shape[1:]), patch)
-    image = _pad(image, pads)
+    image = pad_volume(image, pads)
     if label is not None:
-        label = _pad(label[None].float(), pads)[0].to(torch.uint8)
+        label = pad_volume(label[None].float(), pads)[0].to(torch.uint8)
     shape = image.shape[1:]
     fg = torch.nonzero(label > 0) if label is not None else torch.empty(0, 3)
     centre = ((fg.min(0).values + fg.max(0).values) // 2).tolist() if len(fg) else [s // 2 for s in shape]
@@ -203,8 +206,17 @@ def save_snapshot(method: nn.Module, data: Any, exp: Any, step: int, out_dir: Pa
     return path
 
 
+@register_step_end
+def snapshot_hook(trainer: Trainer) -> None:
+    """The trainer's step-end hook: a snapshot of the student at every step of ``run.feature_snapshots``."""
+    if trainer.is_main and trainer.step in trainer.exp.run.feature_snapshots:
+        save_snapshot(trainer.method, trainer.data, trainer.exp, trainer.step, trainer.run_dir / "features",
+                      trainer.device)
+        trainer.method.train()
+
+
 def _unlabeled_cases(exp: Any, split: Any) -> list[Any]:
-    from vasseg.engine.setup import load_cases
+    from vasseg.data.setup import load_cases
 
     ids = list(split.unlabeled)[:MAX_CASES]
     return list(load_cases(exp, ids, progress=False)) if ids else []

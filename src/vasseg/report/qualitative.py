@@ -75,7 +75,7 @@ def predict_views(groups: list[Group], ids: list[str], device: torch.device,
     """Reference and each group's prediction (its representative seed) of the cases ``ids``."""
     from vasseg.config import load_config
     from vasseg.engine.evaluate import predict_case, reference_of
-    from vasseg.engine.setup import load_cases
+    from vasseg.data.setup import load_cases
 
     first = groups[0].runs[0]
     exp = load_config(first.run_dir / "config.yaml", _overrides(data_root))

@@ -210,7 +210,7 @@ def pick_feature_groups(ctx: Context) -> list[Group]:
 
 def sample_group(ctx: Context, group: Group) -> tuple[Any, int]:
     """A feature sample of the group's representative seed, and the step of its checkpoint."""
-    from vasseg.engine.setup import load_cases
+    from vasseg.data.setup import load_cases
     from vasseg.report.features import collect_features, network_of
     from vasseg.report.qualitative import load_trained
 
