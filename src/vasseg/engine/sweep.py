@@ -51,6 +51,7 @@ class Job:
     run_dir: Path
     iterations: int
     name: str
+    device: str = "auto"  # the run's train.device
     proc: subprocess.Popen | None = None
     phase: str = "waiting"  # waiting | train | export | done
     started: float = 0.0  # time.perf_counter() at the start
@@ -98,7 +99,7 @@ def expand_jobs(configs: Sequence[str], seeds: Sequence[int], out: Path, overrid
                 seen[run_dir] = config
                 label = "_".join([Path(config).stem, f"s{seed}", *([f"f{fold}"] if fold is not None else []),
                                   *(v.replace("=", "-") for v in varied)])
-                jobs.append(Job(config, seed, fold, extra, run_dir, exp.train.iterations, label))
+                jobs.append(Job(config, seed, fold, extra, run_dir, exp.train.iterations, label, exp.train.device))
     return jobs
 
 
@@ -119,10 +120,9 @@ def job_key(config: str, seed: int, overrides: Sequence[str]) -> tuple:
 
 
 def uses_cuda(jobs: Sequence[Job]) -> bool:
-    """Whether the jobs will train on a GPU: ``train.device`` cuda*, or auto with a GPU present."""
-    devices = {load_config(j.config, [f"train.seed={j.seed}", *j.overrides]).train.device for j in jobs[:1]}
-    device = devices.pop() if devices else "cpu"
-    return device.startswith("cuda") or (device == "auto" and gpu_free_mib() is not None)
+    """Whether any job will train on a GPU: ``train.device`` cuda*, or auto with a GPU present."""
+    devices = {j.device for j in jobs}
+    return any(d.startswith("cuda") for d in devices) or ("auto" in devices and gpu_free_mib() is not None)
 
 
 def _nvidia_smi(*query: str) -> list[list[str]] | None:
