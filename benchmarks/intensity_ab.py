@@ -1,10 +1,11 @@
-"""Paired per-case comparison of two runs that differ in ``data.intensity`` (or anything else).
+"""Paired per-case comparison of two runs (or run sets) that differ in ``data.intensity`` or anything else.
 
-    python benchmarks/intensity_ab.py --root /path/to/LA --a RUN_A --b RUN_B \\
+    python benchmarks/intensity_ab.py --root /path/to/LA --a RUN_A [RUN_A2 ...] --b RUN_B [...] \\
         [--evals val_last fold1_last fold2_last] [--dark 8]
 
-Reads ``RUN/eval/<name>/cases.csv`` of both runs (several evaluation folders are pooled, so a
-supervised model scored on every non-labeled id compares over all of them), pairs the cases by
+Reads ``RUN/eval/<name>/cases.csv`` of every run (several evaluation folders are pooled, so a
+supervised model scored on every non-labeled id compares over all of them); a side given several
+runs (seeds, folds) scores a case by its mean over the runs that evaluated it. Pairs the cases by
 id and prints: mean Dice of each, the paired Wilcoxon p, the mean difference (b - a) with its 95 %
 bootstrap interval, the empty predictions of each, and the ``--dark`` cases whose stored image has
 the lowest mean (the LA release's darkest, lowest-contrast crops) case by case.
@@ -23,15 +24,16 @@ from vasseg.data.la import case_path, read_h5_case
 from vasseg.report.stats import bootstrap_ci, wilcoxon_p
 
 
-def case_dice(run: Path, evals: list[str]) -> dict[str, float]:
-    """Foreground-mean Dice per case over the given evaluation folders of ``run``."""
+def case_dice(runs: list[Path], evals: list[str]) -> dict[str, float]:
+    """Foreground-mean Dice per case over the given evaluation folders of ``runs`` (mean over runs)."""
     out: dict[str, list[float]] = {}
-    for name in evals:
-        path = run / "eval" / name / "cases.csv"
-        if not path.is_file():
-            continue
-        for row in csv.DictReader(path.open()):
-            out.setdefault(row["case"], []).append(float(row["dice"]))
+    for run in runs:
+        found = [run / "eval" / name / "cases.csv" for name in evals if (run / "eval" / name / "cases.csv").is_file()]
+        if not found:
+            raise SystemExit(f"{run}: no eval/<{'|'.join(evals)}>/cases.csv")
+        for path in found:
+            for row in csv.DictReader(path.open()):
+                out.setdefault(row["case"], []).append(float(row["dice"]))
     return {case: float(np.mean(v)) for case, v in out.items()}
 
 
@@ -43,19 +45,20 @@ def intensity_stats(root: Path, case: str) -> tuple[float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--root", type=Path, required=True, help="the LA root, for the image statistics")
-    ap.add_argument("--a", type=Path, required=True, help="first run folder (e.g. data.intensity=file)")
-    ap.add_argument("--b", type=Path, required=True, help="second run folder (e.g. data.intensity=zscore)")
+    ap.add_argument("--a", type=Path, nargs="+", required=True, help="first run folder(s) (e.g. data.intensity=file)")
+    ap.add_argument("--b", type=Path, nargs="+", required=True, help="second run folder(s) (e.g. data.intensity=zscore)")
     ap.add_argument("--evals", nargs="+", default=["val_last"], help="evaluation folders to pool")
     ap.add_argument("--dark", type=int, default=8, help="how many of the darkest cases to list")
     args = ap.parse_args()
     a, b = case_dice(args.a, args.evals), case_dice(args.b, args.evals)
     ids = sorted(set(a) & set(b))
     if not ids:
-        raise SystemExit(f"no common cases between {args.a} and {args.b} in {', '.join(args.evals)}")
+        raise SystemExit(f"no common cases between A and B in {', '.join(args.evals)}")
     va, vb = np.array([a[i] for i in ids]), np.array([b[i] for i in ids])
     p, reason = wilcoxon_p(vb, va)
     low, high = bootstrap_ci(vb - va)
-    print(f"{len(ids)} paired cases; A = {args.a.name}, B = {args.b.name}\n")
+    names = [", ".join(r.name for r in side) for side in (args.a, args.b)]
+    print(f"{len(ids)} paired cases; A = {names[0]}, B = {names[1]}\n")
     print("| run | mean Dice % | median Dice % | cases < 10 % Dice | empty (Dice 0) |")
     print("|---|---|---|---|---|")
     for name, v in (("A", va), ("B", vb)):

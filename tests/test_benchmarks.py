@@ -76,6 +76,20 @@ def test_intensity_ab_pairs_cases_over_evaluations_and_lists_the_darkest(phantom
     out = proc.stdout
     assert "6 paired cases" in out and "| A | 58.33 |" in out and "| B | 77.50 |" in out
     assert "B - A: mean +19.17 pp" in out and "| the other 4 |" in out
+    # Two runs on side B (seeds): each case scores the mean of its two runs; a run without the
+    # evaluation folders stops the script with its name.
+    second = tmp_path / "b2" / "eval" / "val_last"
+    second.mkdir(parents=True)
+    (second / "cases.csv").write_text("case,cls,dice\n" + "".join(f"{i},1,0.5\n" for i in ids[:3]))
+    (tmp_path / "empty").mkdir()
+    cmd = [sys.executable, str(REPO / "benchmarks" / "intensity_ab.py"), "--root", str(phantom_root),
+           "--a", str(tmp_path / "a"), "--evals", "val_last", "--dark", "0", "--b"]
+    pooled = subprocess.run([*cmd, str(tmp_path / "b"), str(tmp_path / "b2")], capture_output=True, text=True,
+                            timeout=300)
+    assert pooled.returncode == 0, pooled.stderr
+    assert "3 paired cases" in pooled.stdout and "| B | 58.33 |" in pooled.stdout  # (0.6+0.55+0.6)/3
+    missing = subprocess.run([*cmd, str(tmp_path / "empty")], capture_output=True, text=True, timeout=300)
+    assert missing.returncode != 0 and "empty: no eval/" in missing.stderr
 
 @pytest.mark.slow
 def test_bench_eval_memory_prints_every_row(tmp_path: Path) -> None:

@@ -317,3 +317,37 @@ def test_the_student_runs_once_per_step_so_its_batch_statistics_see_one_pass(vas
     trainer.method.student.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
     trainer.train_step()  # generator step, discriminator step and EMA
     assert calls == [4]  # one pass over the 2 labeled + 2 unlabeled patches
+
+
+def test_byol_target_decay_moves_only_the_byol_target_heads_at_its_own_rate(vas) -> None:
+    trainer = _trainer(vas({"byol_target_decay": 0.996}))
+    method = trainer.method
+    plan = {id(t): d for t, _, d in trainer.ema_plan(5)}
+    assert plan[id(method.teacher_fusion)] == plan[id(method.teacher_projector)] == 0.996
+    assert plan[id(method.teacher)] == pytest.approx(min(1 - 1 / 6, trainer.exp.train.ema_decay))
+    default = _trainer(vas())
+    assert {d for _, _, d in default.ema_plan(5)} == {plan[id(method.teacher)]}
+    # One step: the target projector moves 0.4 % of the way to the stepped student projector.
+    before = _params(method.teacher_projector)
+    trainer.train_step()
+    after, student = _params(method.teacher_projector), _params(method.projector)
+    for k in before:
+        assert torch.allclose(after[k], 0.996 * before[k] + 0.004 * student[k], atol=1e-6), k
+    with pytest.raises(ConfigError, match="byol_target_decay"):
+        build_method(vas({"byol_target_decay": 1.0}))
+
+
+def test_disc_lr_schedule_main_follows_the_student_policy(vas) -> None:
+    sections = {"train": {"lr_policy": "poly", "iterations": 4}}
+    follows, constant = _trainer(vas({"disc_lr_schedule": "main"}, **sections)), _trainer(vas(**sections))
+    lrs = {"main": [], "constant": []}
+    for step in range(3):
+        for trainer in (follows, constant):
+            trainer.step = step
+            trainer.train_step()
+        lrs["main"].append(follows.optimizers["disc"].param_groups[0]["lr"])
+        lrs["constant"].append(constant.optimizers["disc"].param_groups[0]["lr"])
+    base = follows.method.params.disc_lr
+    power = follows.exp.train.poly_power
+    assert lrs["constant"] == [base] * 3
+    assert lrs["main"] == pytest.approx([base * (1 - k / 4) ** power for k in range(3)])

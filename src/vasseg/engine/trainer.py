@@ -125,6 +125,7 @@ class Trainer:
             if spec is None:
                 raise ValueError(f"method {self.method.name!r} has discriminator parameters but no optimizer spec")
             optimizers["disc"] = make_optimizer(disc, spec)
+            self.disc_spec = spec
             for p in disc:  # frozen except during its own step (generator step with D frozen)
                 p.requires_grad_(False)
         return optimizers
@@ -284,8 +285,11 @@ class Trainer:
         at = locate(self.phases, step)
         if at.local(step) == 0:
             self._start_phase(at)
-        lr = t.lr * phase_lr_factor(t, at.phase, at.local(step))
+        factor = phase_lr_factor(t, at.phase, at.local(step))
+        lr = t.lr * factor
         set_lr(self.optimizers["main"], lr)
+        if "disc" in self.optimizers and self.disc_spec.schedule == "main":
+            set_lr(self.optimizers["disc"], self.disc_spec.lr * factor)
         batch = self._next_batch()
         with self._autocast():
             out = self.model(batch, step, "main")

@@ -53,13 +53,18 @@ TeacherMode = Literal["train", "eval"]  # see teacher_in_mode
 
 @dataclass(frozen=True)
 class OptimizerSpec:
-    """A second optimizer a method asks the engine for (constant learning rate)."""
+    """A second optimizer a method asks the engine for.
+
+    ``schedule``: ``constant`` keeps ``lr`` (DCGAN's recipe); ``main`` scales it by the main
+    optimizer's policy factor at every step (poly / step decay, phase by phase).
+    """
 
     name: Literal["adam", "sgd"]
     lr: float
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.0
     momentum: float = 0.9
+    schedule: Literal["constant", "main"] = "constant"
 
 
 @dataclass(frozen=True)
@@ -124,7 +129,8 @@ class Method(nn.Module):
         (the recipe of every adversarial method here) when there are discriminator parameters."""
         if not self.discriminator_parameters():
             return None
-        return OptimizerSpec(name="adam", lr=self.params.disc_lr, betas=self.params.disc_betas)
+        return OptimizerSpec(name="adam", lr=self.params.disc_lr, betas=self.params.disc_betas,
+                             schedule=getattr(self.params, "disc_lr_schedule", "constant"))
 
     def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         """``(teacher, student)`` module pairs the engine updates by EMA after every step."""

@@ -68,6 +68,8 @@ class VASParams:
     noise_clip: float = 0.2
     disc_lr: float = 2e-4  # D's Adam (the paper, after DCGAN)
     disc_betas: tuple[float, float] = (0.5, 0.999)
+    # D's lr over training (paper silent): constant (DCGAN) | main, the student's policy factor.
+    disc_lr_schedule: Literal["constant", "main"] = "constant"
     disc_slope: float = 0.2  # LeakyReLU slope in D's MLP (paper silent)
     gen_loss: GeneratorLoss = "nonsaturating"  # (paper silent) BCE(D(f_u), real) | minimax log(1 - D)
     # Who owns the fusion in front of D (paper silent; Fig. 3a draws it inside D): discriminator
@@ -84,6 +86,10 @@ class VASParams:
     # fits its tiny weight) | "sum", each image's squared norm ||f_t - f_s||^2 (Eq. 5 literally).
     consistency_reduction: ConsistencyReduction = "mean"
     teacher_mode: TeacherMode = "train"  # teacher forward for pseudo-labels, L_c, BYOL targets (paper silent)
+    # EMA decay of BYOL's target fusion and projector (paper silent; BYOL: >= 0.996); None: the
+    # engine's teacher decay (train.ema_decay with its warm-up). The target's encoder features
+    # are the mean teacher's either way (no second VNet).
+    byol_target_decay: float | None = None
 
 
 @register("vas")
@@ -100,6 +106,8 @@ class VAS(Method):
         levels = p.fusion_levels
         if not levels or len(set(levels)) != len(levels) or any(not 0 <= i <= 4 for i in levels):
             raise ConfigError(f"method.fusion_levels: distinct encoder levels in 0..4 (got {p.fusion_levels})")
+        if p.byol_target_decay is not None and not 0.0 <= p.byol_target_decay < 1.0:
+            raise ConfigError(f"method.byol_target_decay: in [0, 1) (got {p.byol_target_decay})")
         if p.voxels_per_class <= 0 or p.channels <= 0 or p.hidden <= 0:
             raise ConfigError("method.voxels_per_class, channels and hidden must be positive")
         if p.byol_fusion == "shared" and p.use_feature and p.use_adv and p.adv_fusion != "student":
@@ -136,6 +144,12 @@ class VAS(Method):
         if self.params.use_feature:
             pairs += [(self.teacher_fusion, self.feature_fusion), (self.teacher_projector, self.projector)]
         return pairs
+
+    def ema_updates(self, step: int, decay: float) -> list[tuple[nn.Module, nn.Module, float]]:
+        """The engine's decay everywhere, except BYOL's target heads under ``byol_target_decay``."""
+        own = self.params.byol_target_decay
+        byol = {id(self.teacher_fusion), id(self.teacher_projector)} if self.params.use_feature else set()
+        return [(t, s, own if own is not None and id(t) in byol else decay) for t, s in self.ema_pairs()]
 
     @property
     def ema_buffers(self) -> bool:  # type: ignore[override]  # per run, from teacher_mode
