@@ -17,7 +17,10 @@ fi
 for variant in "method.teacher_mode=eval" "method.byol_pairs=same_voxel" "method.beta=0" \
                "data.labeled_bs=4"; do  # pseudo-labels from the teacher in eval mode; BYOL on a voxel and its
   # own noisy copy; no L_feature; supervised's 4 labeled patches per step (beside the 2 unlabeled)
-  "$py" -m vasseg sweep --jobs 1 --resume --configs "$vas" --seeds 1337 --folds 0 --out "$out" -- "$variant" "$@"
+  # every variant starts from the config the search began with (`teacher_mode: train`, before the
+  # search chose `eval`), so the runs are those of RESULTS §6
+  "$py" -m vasseg sweep --jobs 1 --resume --configs "$vas" --seeds 1337 --folds 0 --out "$out" \
+    -- method.teacher_mode=train "$variant" "$@"
 done
 # each variant against the committed config's fold-0 run, case by case (paired Wilcoxon, bootstrap CI)
 base="$here/benchmarks/la_cv_runs/la_cv_search/la_vas_8l_s1337_6bcf5eb8"

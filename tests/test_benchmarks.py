@@ -91,6 +91,7 @@ def test_intensity_ab_pairs_cases_over_evaluations_and_lists_the_darkest(phantom
     missing = subprocess.run([*cmd, str(tmp_path / "empty")], capture_output=True, text=True, timeout=300)
     assert missing.returncode != 0 and "empty: no eval/" in missing.stderr
 
+
 @pytest.mark.slow
 def test_bench_eval_memory_prints_every_row(tmp_path: Path) -> None:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "src"))
