@@ -22,7 +22,7 @@ for variant in "method.teacher_mode=eval" "method.byol_pairs=same_voxel" "method
   "$py" -m vasseg sweep --jobs 1 --resume --configs "$vas" --seeds 1337 --folds 0 --out "$out" \
     -- method.teacher_mode=train "$variant" "$@"
 done
-# each variant against the committed config's fold-0 run, case by case (paired Wilcoxon, bootstrap CI)
+# each variant against the pre-search config's fold-0 run (`teacher_mode: train`), case by case (paired Wilcoxon, bootstrap CI)
 base="$here/benchmarks/la_cv_runs/la_cv_search/la_vas_8l_s1337_6bcf5eb8"
 for run in "$out"/la_vas_8l_s1337_*/; do
   [ "$(basename "$run")" = "$(basename "$base")" ] && continue

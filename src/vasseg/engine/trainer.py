@@ -119,13 +119,15 @@ class Trainer:
 
     def _build_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         optimizers = {"main": make_optimizer(self.main_params, main_spec(self.exp.train))}
+        self.scheduled_lr = {"main": self.exp.train.lr}  # optimizer -> base lr the policy factor scales
         disc = self.method.discriminator_parameters()
         spec = self.method.discriminator_optimizer()
         if disc:
             if spec is None:
                 raise ValueError(f"method {self.method.name!r} has discriminator parameters but no optimizer spec")
             optimizers["disc"] = make_optimizer(disc, spec)
-            self.disc_spec = spec
+            if spec.schedule == "main":
+                self.scheduled_lr["disc"] = spec.lr
             for p in disc:  # frozen except during its own step (generator step with D frozen)
                 p.requires_grad_(False)
         return optimizers
@@ -286,10 +288,8 @@ class Trainer:
         if at.local(step) == 0:
             self._start_phase(at)
         factor = phase_lr_factor(t, at.phase, at.local(step))
-        lr = t.lr * factor
-        set_lr(self.optimizers["main"], lr)
-        if "disc" in self.optimizers and self.disc_spec.schedule == "main":
-            set_lr(self.optimizers["disc"], self.disc_spec.lr * factor)
+        for key, base in self.scheduled_lr.items():
+            set_lr(self.optimizers[key], base * factor)
         batch = self._next_batch()
         with self._autocast():
             out = self.model(batch, step, "main")
@@ -303,7 +303,7 @@ class Trainer:
         for teacher, student, decay in self.ema_plan(step):
             ema_update(teacher, student, decay, buffers=self.method.ema_buffers)
         self.method.after_step(step)
-        out["lr"] = lr
+        out["lr"] = t.lr * factor
         if len(self.phases) > 1:
             out["phase"] = at.index
         return out
