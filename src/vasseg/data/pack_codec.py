@@ -5,7 +5,7 @@ stored in the header) and only the residuals (mod 256) are LZMA-compressed.
 
 Why: the indices of the LA release's noisy MRI compress to ~4.4 bits/voxel with LZMA alone
 (1.26 MiB per case) and to ~3.1 bits/voxel as predicted residuals (0.87 MiB per case), which
-decides how many cases one 64 MiB device call carries (benchmarks/RESULTS.md §12).
+decides how many cases one 64 MiB device call carries (benchmarks/RESULTS.md, "One GPU window").
 
 Decoding is exact integer arithmetic (int64, shifts), so every machine rebuilds the same bytes;
 it runs front by front (voxels with equal i + j + k), every neighbour lying on an earlier front.
