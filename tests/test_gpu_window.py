@@ -37,14 +37,26 @@ def _quantised_la(source: Path, root: Path) -> None:
             h["image"] = ((levels - levels.mean()) / levels.std()).astype(np.float32)
 
 
-def _packs(phantom_root: Path, tmp_path: Path) -> Path:
+def _packs(phantom_root: Path, tmp_path: Path, chunk_mib: str = "60") -> Path:
     _quantised_la(phantom_root, tmp_path / "la_home")
     packs = tmp_path / "checkout"
     for name, lst in ((".lapack", "train.list"), (".lapack_test", "test.list")):
         cmd = [sys.executable, "-m", "vasseg.data.pack", "pack", str(tmp_path / "la_home"), str(packs / name),
-               "--list", lst, "--first", "4", "--last", "2"]
+               "--list", lst, "--first", "4", "--last", "2", "--chunk-mib", chunk_mib]
         subprocess.run(cmd, check=True, capture_output=True)
     return packs
+
+
+def _carry_part(packs: Path) -> int:
+    """Leave the last train chunk behind (a call with room for part of the cases); returns how
+    many training cases travel. The first chunks hold the 4 labeled and 2 validation cases."""
+    import json
+
+    manifest = json.loads((packs / ".lapack" / "manifest.json").read_text())
+    assert len(manifest["chunks"]) >= 3
+    last = manifest["chunks"][-1]
+    (packs / ".lapack" / last).unlink()
+    return sum(chunk != last for chunk in manifest["cases"].values())
 
 
 def test_schedule_keeps_what_ends_within_the_budget_in_priority_order() -> None:
@@ -97,7 +109,8 @@ def _configs(phantom_root: Path, folder: Path) -> Path:
 
 
 def test_window_runs_end_to_end_and_returns_what_it_promised(phantom_root: Path, tmp_path: Path) -> None:
-    packs = _packs(phantom_root, tmp_path)
+    packs = _packs(phantom_root, tmp_path, chunk_mib="0.05")
+    carried = _carry_part(packs)
     configs = _configs(phantom_root, tmp_path / "configs")
     out = tmp_path / "out"
     env = dict(os.environ, PYTHON=sys.executable, LA=str(tmp_path / "LA"), RUNS=str(tmp_path / "window"),
@@ -107,7 +120,9 @@ def test_window_runs_end_to_end_and_returns_what_it_promised(phantom_root: Path,
     proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_table.sh"), *args], capture_output=True,
                           text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert len(list((tmp_path / "LA" / "2018LA_Seg_Training Set").iterdir())) == 12  # 10 train + 2 test
+    assert len(list((tmp_path / "LA" / "2018LA_Seg_Training Set").iterdir())) == carried + 2  # + 2 test
+    assert f"{carried} of 10 training cases carried: runs use window.list ({carried - 6} unlabeled instead of 4)" \
+        in proc.stderr
     returned = sorted(p.name for p in out.iterdir())
     assert returned[:3] == ["summary.md", "sweep.jsonl", "weights.tar.part00"] and "window.tgz" in returned
     assert len(returned) <= gpu_plan.RETURN_FILES
@@ -131,9 +146,10 @@ def test_window_runs_end_to_end_and_returns_what_it_promised(phantom_root: Path,
     with tarfile.open(bundle) as tar:
         tar.extractall(home)
     assert len(list((home / "window").glob("*/model.safetensors"))) == 2
-    # A holder of the test cases evaluates the returned weights (here the window's LA has them).
+    # A holder of the test cases evaluates the returned weights on their own copy of the data.
     test = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_table.sh"), "test"], capture_output=True, text=True,
-                          env=dict(env, RUNS=str(home / "window"), OUT=str(tmp_path / "home_out")), timeout=900)
+                          env=dict(env, RUNS=str(home / "window"), LA=str(tmp_path / "la_home"),
+                                   OUT=str(tmp_path / "home_out")), timeout=900)
     assert test.returncode == 0, test.stdout + test.stderr
     assert "2 runs evaluated on the test split" in test.stdout
     assert "test split" in (home / "window" / "report" / "report.md").read_text()
