@@ -96,6 +96,11 @@ def test_plan_fits_the_device_limits(phantom_root: Path, tmp_path: Path) -> None
     assert 3 < len(back) <= gpu_plan.RETURN_FILES and max(back) <= gpu_plan.RETURN_FILE_MIB
     assert sum(back) <= gpu_plan.RETURN_TOTAL_MIB
     assert any(ln.startswith("run mean_teacher_16 s1337") for ln in lines)
+    packed = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_plan.py"), "pack", str(tmp_path / "la_home"),
+                             "--out", str(tmp_path / "sized")], capture_output=True, text=True, timeout=300)
+    assert packed.returncode == 0, packed.stderr
+    size, room = map(float, re.match(r"tree ([\d.]+) MiB: chunks of <= ([\d.]+) MiB", packed.stdout).groups())
+    assert room == pytest.approx(gpu_plan.CARRY_MIB - size - gpu_plan.SLACK_MIB, abs=0.01)
 
 
 def _configs(phantom_root: Path, folder: Path) -> Path:
