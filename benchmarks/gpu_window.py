@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +73,7 @@ class Window:
 def unpack(window: Window) -> str:
     """Every carried pack into the LA root (chunks unpacked before are skipped); returns the id
     list the runs train from: train.list, or window.list when only part of the cases came."""
+    from vasseg.config import load_config
     from vasseg.data.la import TRAIN_DIR, read_id_list
     from vasseg.data.pack import unpack_la
     from vasseg.data.volumes import DataError
@@ -84,8 +86,6 @@ def unpack(window: Window) -> str:
     present = [i for i in ids if (args.la / TRAIN_DIR / i / "mri_norm2.h5").is_file()]
     if len(present) == len(ids):
         return "train.list"
-    from vasseg.config import load_config
-
     labeled = max(load_config(c).data.labeled for c in config_paths(args))
     missing = [i for i in ids[:labeled] + ids[len(ids) - args.num_val:] if i not in present]
     if missing:
@@ -105,30 +105,40 @@ def config_paths(args: argparse.Namespace) -> list[str]:
     return [str(args.configs / f"{m}_{args.setting}.yaml") for m in args.methods]
 
 
+def _watch_memory(jobs: list, memory: dict[str, float], stop: threading.Event) -> None:
+    """Peak GPU memory of each running job, read every 0.5 s (nvidia-smi takes ~0.1 s a call: in
+    a thread of its own, it does not delay the step timing)."""
+    from vasseg.engine.sweep import process_gpu_mib
+
+    while not stop.wait(0.5):
+        for job in jobs:
+            if job.proc.poll() is None and (used := process_gpu_mib(job.proc.pid)) is not None:
+                memory[job.name] = max(memory.get(job.name, 0.0), used)
+
+
 def poll_smoke(jobs: list, steps: int) -> dict[str, Timing]:
-    """Follow the smoke runs' logged steps every 20 ms (and their GPU memory every second) until
-    they exit; the step time is taken over the second half of the steps (after the warm-up)."""
-    from vasseg.engine.sweep import last_step, process_gpu_mib
+    """Follow the smoke runs' logged steps every 20 ms until they exit; the step time is taken
+    over the second half of the steps (after the warm-up)."""
+    from vasseg.engine.sweep import last_step
 
     samples: dict[str, list[tuple[float, int]]] = {j.name: [] for j in jobs}
     memory: dict[str, float] = {}
     ended: dict[str, float] = {}
-    next_mem = 0.0
+    stop = threading.Event()
+    watcher = threading.Thread(target=_watch_memory, args=(jobs, memory, stop), daemon=True)
+    watcher.start()
     while len(ended) < len(jobs):
         now = time.perf_counter()
-        for job in jobs:
-            if job.name in ended:
-                continue
+        for job in [j for j in jobs if j.name not in ended]:
             step = last_step(job.run_dir)
             if step and (not samples[job.name] or samples[job.name][-1][1] != step):
                 samples[job.name].append((now, step))
             if job.proc.poll() is not None:
-                ended[job.name] = now
-                job.rc = job.proc.returncode
-            elif now >= next_mem and (used := process_gpu_mib(job.proc.pid)) is not None:
-                memory[job.name] = max(memory.get(job.name, 0.0), used)
-        next_mem = now + 1.0 if now >= next_mem else next_mem
+                ended[job.name] = now  # a run that logged no step has nothing to time: failed
+                job.rc = job.proc.returncode if samples[job.name] else (job.proc.returncode or 1)
         time.sleep(0.02)
+    stop.set()
+    watcher.join()
     return {j.config: _timing(j, samples[j.name], ended[j.name], memory.get(j.name), steps) for j in jobs if j.rc == 0}
 
 
@@ -285,12 +295,10 @@ def summary(window: Window, returned: list[Path]) -> str:
 def device_name() -> str:
     try:
         out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=30)
-        if out.returncode == 0 and out.stdout.strip():
-            return out.stdout.strip().splitlines()[0]
+                             capture_output=True, text=True, timeout=30).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
-        pass
-    return "no NVIDIA GPU (nvidia-smi unavailable)"
+        out = ""
+    return out.splitlines()[0] if out else "no NVIDIA GPU (nvidia-smi unavailable)"
 
 
 def package(window: Window) -> list[Path]:

@@ -158,3 +158,17 @@ def test_window_runs_end_to_end_and_returns_what_it_promised(phantom_root: Path,
     assert test.returncode == 0, test.stdout + test.stderr
     assert "2 runs evaluated on the test split" in test.stdout
     assert "test split" in (home / "window" / "report" / "report.md").read_text()
+
+
+def test_the_deadline_stops_the_runs_still_going(phantom_root: Path, tmp_path: Path) -> None:
+    from vasseg.engine.sweep import expand_jobs
+
+    configs = _configs(phantom_root, tmp_path / "configs")
+    args, _ = gpu_window.parse(["--runs", str(tmp_path / "w"), "--deadline-s", str(gpu_window.PACK_RESERVE_S - 5)])
+    window = gpu_window.Window(args)
+    window.jobs = expand_jobs([str(configs / "mean_teacher_4.yaml")], [7], args.runs, ["train.device=cpu"])
+    gpu_window.train(window, on_cpu=True)
+    (job,) = window.jobs
+    assert job.proc.poll() is not None and job.rc is None  # stopped, never recorded as finished
+    assert window.decisions and window.decisions[-1].startswith("deadline: stopped the runs still going")
+    assert (args.runs / "sweep.jsonl").read_text() == ""
