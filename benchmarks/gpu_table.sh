@@ -1,32 +1,25 @@
 #!/usr/bin/env bash
-# Table I of the paper in short GPU windows: every method x setting x seed as one `vasseg sweep`
-# (several runs at once on the GPU), started detached, polled, and, where the 20 LA test cases are
-# at hand, evaluated on the test split into one report.
+# LA runs in one lent GPU window (device tool: one command <= 10 min and <= 2,000 characters, tree +
+# <= 8 carried paths <= 64 MiB, <= 8 files of <= 16 MiB back; the machine starts empty every time),
+# and, where the 20 LA test cases are at hand, their evaluation on the test split.
 #
-# On a bare GPU machine that has only the checkout (no ../shared), one stage per remote command:
-#   here:  python -m vasseg.data.pack pack /path/LA .lapack --chunk-mib 54        # train cases (git-ignored)
-#          python -m vasseg.data.pack pack /path/LA .lapack_test --list test.list  # test cases, if you hold them
-#   there: bash benchmarks/gpu_table.sh unpack        # once per carried chunk (any order)
-#          bash benchmarks/gpu_table.sh start 16      # detached sweep: SETTING=8|16, SEEDS, METHODS below
-#          bash benchmarks/gpu_table.sh poll 540      # wait <= 540 s; results (no checkpoints) -> $OUT/table.tgz
-#          bash benchmarks/gpu_table.sh test          # test-split evaluation + report -> $OUT/report.tgz
-# A window that ends mid-sweep: `start` again in the next one resumes every unfinished run.
-# Back home, a holder of the test cases evaluates the returned run folders (their model.safetensors):
-#          RUNS=returned/table LA=/path/LA bash benchmarks/gpu_table.sh test
+#   here:  bash benchmarks/gpu_table.sh pack /path/LA   # .lapack/: chunks sized to what the tree leaves
+#          bash benchmarks/gpu_table.sh plan [--weights] # carry / command / returns lines, runs planned
+#   there: bash benchmarks/gpu_table.sh window [--budget-s 500] [--weights] [-- overrides]
+#          (carry .lapack/manifest.json and .lapack/chunk_000.zip; unpack, 20-step smoke test, runs
+#          sized to the budget, 2 at once, validated on 16 cases; $OUT: summary.md, sweep.jsonl,
+#          window.tgz, weights.tar.partNN with --weights)
+#   home:  tar xzf window.tgz && cat weights.tar.part* | tar x     # run folders with their weights
+#          RUNS=window LA=/path/LA bash benchmarks/gpu_table.sh test  # test split + report
 #
-# Environment: LA (data root, /tmp/LA), RUNS (sweep folder, /tmp/table), OUT (what comes back,
-# /tmp/out), SEEDS ("1337 1338"), METHODS (the seven of Table I), CONFIGS (their folder,
-# configs/la), PACKS (the folder holding .lapack*, the checkout), JOBS (auto), PYTHON (python3).
+# Environment: LA (data root, /tmp/LA), RUNS (run folders, /tmp/window), OUT (what comes back,
+# /tmp/out), PACKS (the folder holding .lapack*, the checkout), PYTHON (python3).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 export PYTHONPATH="$here/src:$here/.whl/site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 py=${PYTHON:-python3}
-LA=${LA:-/tmp/LA}; RUNS=${RUNS:-/tmp/table}; OUT=${OUT:-/tmp/out}
-SEEDS=${SEEDS:-1337 1338}
-METHODS=${METHODS:-supervised mean_teacher uamt sassnet dtc mcnet vas}
-CONFIGS=${CONFIGS:-$here/configs/la}; PACKS=${PACKS:-$here}
-mkdir -p "$OUT"
-stage=${1:?usage: gpu_table.sh unpack|start SETTING|poll SECONDS|test}; shift
+LA=${LA:-/tmp/LA}; RUNS=${RUNS:-/tmp/window}; OUT=${OUT:-/tmp/out}; PACKS=${PACKS:-$here}
+stage=${1:?usage: gpu_table.sh pack LA_ROOT|plan|unpack|window|test}; shift
 
 has_test_cases() {  # every id of $LA/test.list has its file
   [ -f "$LA/test.list" ] || return 1
@@ -35,30 +28,18 @@ has_test_cases() {  # every id of $LA/test.list has its file
   done < "$LA/test.list"
 }
 
+packs() { for p in "$PACKS"/.lapack*/; do [ -f "$p/manifest.json" ] && echo "${p%/}"; done; true; }
+
 case "$stage" in
-  unpack)  # every packed folder carried so far (.lapack: train, .lapack_test: test), into $LA
-    for packed in "$PACKS"/.lapack*/; do
-      [ -f "$packed/manifest.json" ] && "$py" -m vasseg.data.pack unpack "$packed" "$LA" 2>&1 | tail -n 2
-    done ;;
-  start)
-    setting=${1:-16}; shift || true
-    configs=(); for m in $METHODS; do configs+=("$CONFIGS/${m}_${setting}.yaml"); done
-    # shellcheck disable=SC2086  # SEEDS is a list
-    setsid nohup "$py" -m vasseg sweep --resume --quiet --configs "${configs[@]}" --seeds $SEEDS \
-      --jobs "${JOBS:-auto}" --out "$RUNS" -- data.root="$LA" "$@" > "$RUNS.log" 2>&1 < /dev/null &
-    echo $! > "$RUNS.pid"
-    echo "sweep started: ${#configs[@]} configs x seeds $SEEDS -> $RUNS (log $RUNS.log)" ;;
-  poll)    # wait for the sweep at most N seconds, then send back what is finished
-    end=$((SECONDS + ${1:-540}))
-    running() { [ -f "$RUNS.pid" ] && kill -0 "$(cat "$RUNS.pid")" 2> /dev/null; }
-    while running && [ $SECONDS -lt $end ]; do sleep 5; done
-    if running; then echo "sweep still running"; else echo "sweep finished"; fi
-    tail -n 30 "$RUNS.log" || true
-    [ -f "$RUNS/sweep.jsonl" ] && echo "$(wc -l < "$RUNS/sweep.jsonl") runs finished"
-    tar czf "$OUT/table.tgz" --exclude=checkpoints --exclude=tb --exclude='.*.lock' -C "$(dirname "$RUNS")" \
-      "$(basename "$RUNS")"
-    du -h "$OUT/table.tgz" ;;
-  test)    # each finished run's weights on the test split, then one report with Table I
+  pack) "$py" "$here/benchmarks/gpu_plan.py" pack "$@" ;;
+  plan) "$py" "$here/benchmarks/gpu_plan.py" plan "$@" ;;
+  unpack)  # every packed folder carried (.lapack: train, .lapack_test: test) into $LA; idempotent
+    for packed in $(packs); do "$py" -m vasseg.data.pack unpack "$packed" "$LA"; done ;;
+  window)
+    mapfile -t found < <(packs)
+    mkdir -p "$OUT"
+    "$py" "$here/benchmarks/gpu_window.py" --la "$LA" --runs "$RUNS" --out "$OUT" --packs "${found[@]}" "$@" ;;
+  test)    # each returned run's weights on the test split, then one report with Table I
     if ! has_test_cases; then
       echo "no test cases in $LA (carry .lapack_test and run the unpack stage): nothing to evaluate"; exit 0
     fi
@@ -75,7 +56,8 @@ case "$stage" in
     rm -rf "$RUNS/report"
     "$py" -m vasseg report "$RUNS" --eval test_last --out "$RUNS/report" --skip features,snapshots,qualitative \
       --data-root "$LA" --quiet
+    mkdir -p "$OUT"
     tar czf "$OUT/report.tgz" -C "$RUNS" report
     echo "report: $RUNS/report (and $OUT/report.tgz)" ;;
-  *) echo "gpu_table.sh: unknown stage $stage (unpack, start, poll, test)" >&2; exit 2 ;;
+  *) echo "gpu_table.sh: unknown stage $stage (pack, plan, unpack, window, test)" >&2; exit 2 ;;
 esac

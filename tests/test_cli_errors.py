@@ -8,6 +8,8 @@ folder is made.
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -203,3 +205,12 @@ def test_debug_shows_the_traceback_instead(root: Path, tmp_path: Path) -> None:
     _truncate(_case_file(root))
     with pytest.raises(DataError, match="cannot open as HDF5"):
         main(["train", "--config", str(_config(root, tmp_path)), "--debug"])
+
+
+def test_a_user_error_stays_one_line_without_nibabel(tmp_path: Path) -> None:
+    """A bare GPU host may lack nibabel: a bad config must still be a one-line error, exit 2."""
+    code = ("import sys; sys.modules['nibabel'] = None; from vasseg.cli import main; "
+            f"sys.exit(main(['train', '--config', {str(tmp_path / 'missing.yaml')!r}]))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "missing.yaml: cannot read config" in proc.stderr and "Traceback" not in proc.stderr

@@ -217,11 +217,12 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from vasseg.data.volumes import DataError
     from vasseg.engine.checkpoint import CheckpointError
     from vasseg.engine.trainer import TrainingStopped
-    from vasseg.io import ImageIOError
 
     # OSError covers the environment's failures too (disk full, quota, read-only file system):
-    # the message names the path, a traceback would add nothing for the user.
-    return (ConfigError, DataError, CheckpointError, TrainingStopped, ImageIOError, OSError, ValueError)
+    # the message names the path, a traceback would add nothing for the user. vasseg.io's
+    # ImageIOError is a ValueError; importing it here would import nibabel, and a machine without
+    # nibabel (a bare GPU host) would turn every user error into an ImportError.
+    return (ConfigError, DataError, CheckpointError, TrainingStopped, OSError, ValueError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

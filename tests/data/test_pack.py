@@ -82,3 +82,54 @@ def test_a_test_split_pack_unpacks_beside_the_train_pack(tmp_path: Path) -> None
     with pytest.raises(DataError, match="other/test.list: exists with other ids"):
         unpack_la(tmp_path / "test_pack", tmp_path / "other")
     assert not (tmp_path / "other" / TRAIN_DIR).exists()
+
+
+def test_unpacking_again_skips_the_chunks_already_there(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    ids = _write_la(tmp_path / "la", 4)
+    pack_la(tmp_path / "la", tmp_path / "packed", chunk_mib=0.01, first=1, last=1)
+    assert sorted(unpack_la(tmp_path / "packed", tmp_path / "out", workers=2)) == ids
+    target = tmp_path / "out" / TRAIN_DIR / ids[0] / "mri_norm2.h5"
+    stamp = target.stat().st_mtime_ns
+    assert sorted(unpack_la(tmp_path / "packed", tmp_path / "out")) == ids
+    assert target.stat().st_mtime_ns == stamp  # not decoded again
+    target.unlink()  # a case gone: its chunk is decoded again
+    assert sorted(unpack_la(tmp_path / "packed", tmp_path / "out")) == ids and target.is_file()
+
+
+def test_labeled_and_validation_cases_come_first() -> None:
+    from vasseg.data.pack import priority_order
+
+    ids = [f"c{i}" for i in range(8)]
+    assert priority_order(ids, 2, 3) == ["c0", "c1", "c5", "c6", "c7", "c2", "c3", "c4"]
+    assert priority_order(ids) == ids and priority_order(ids[:3], 2, 2) == ["c0", "c1", "c2"]
+
+
+def test_the_predictor_is_exact_at_the_volume_borders_and_on_odd_shapes() -> None:
+    from vasseg.data.pack_codec import decode_case, encode_case
+
+    rng = np.random.default_rng(3)
+    for shape in [(1, 1, 1), (3, 1, 5), (7, 9, 2), (17, 11, 13)]:
+        levels = np.cumsum(rng.integers(0, 3, size=shape), axis=0) % 256  # smooth and wrapping
+        image = ((levels - levels.mean()) / (levels.std() + 1)).astype(np.float32)
+        label = (levels > levels.mean()).astype(np.uint8)
+        back = decode_case(encode_case(image, label, "x"), "x")
+        assert np.array_equal(back[0], image) and np.array_equal(back[1], label)
+
+
+@pytest.mark.realdata
+def test_the_real_la_cases_round_trip_bit_exactly() -> None:
+    """Every LA training case through the codec: identical float32 image and uint8 label."""
+    from vasseg.data.la import case_path, read_id_list
+    from vasseg.data.pack_codec import decode_case, encode_case
+
+    root = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "LA"
+    if not (root / "train.list").is_file():
+        pytest.skip(f"{root}: no LA data")
+    total = 0
+    for case_id in read_id_list(root / "train.list"):
+        image, label = read_h5_case(case_path(root, case_id))
+        members = encode_case(image, label, case_id)
+        total += sum(len(v) for v in members.values())
+        back = decode_case(members, case_id)
+        assert back[0].dtype == np.float32 and np.array_equal(back[0], image) and np.array_equal(back[1], label)
+    assert total / 2**20 < 80  # 104 MiB with the indices alone (issue 30)

@@ -92,9 +92,10 @@ def test_vary_forms_a_grid_and_jobs_that_share_a_run_folder_are_refused(phantom_
 
 
 def test_concurrency_is_what_the_free_memory_holds_with_a_margin() -> None:
-    assert fill_count(run_mib=10_000, free_mib=100_000, cpus=16, remaining=20) == 8  # 100 / (10 * 1.15)
-    assert fill_count(run_mib=10_000, free_mib=100_000, cpus=4, remaining=20) == 3  # one run per core
-    assert fill_count(run_mib=10_000, free_mib=100_000, cpus=16, remaining=2) == 2
+    assert fill_count(run_mib=10_000, free_mib=100_000, cpus=16, remaining=20) == 2  # 8 fit; 3 at once in all
+    assert fill_count(run_mib=40_000, free_mib=50_000, cpus=16, remaining=20) == 1  # 50 / (40 * 1.15)
+    assert fill_count(run_mib=10_000, free_mib=100_000, cpus=2, remaining=20) == 1  # one run per core
+    assert fill_count(run_mib=10_000, free_mib=100_000, cpus=16, remaining=1) == 1
     assert fill_count(run_mib=10_000, free_mib=5_000, cpus=16, remaining=5) == 0
     assert parse_jobs("auto") is None and parse_jobs("3") == 3
     with pytest.raises(ConfigError, match="--jobs '0'"):
@@ -120,5 +121,17 @@ def test_auto_concurrency_fills_the_gpu_after_measuring_the_first_run(monkeypatc
     monkeypatch.setattr(sweep, "probe_memory", lambda job, free_before: 20_000.0)
     monkeypatch.setattr(sweep, "gpu_free_mib", lambda: 100_000.0)
     monkeypatch.setattr(sweep.os, "cpu_count", lambda: 16)
-    limit, _ = runner._maybe_fill(1, {})
-    assert limit == runner.jobs_at_once == 5  # 1 measured + 4 of 20 GB x 1.15 in 100 GB free
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    limit, env = runner._maybe_fill(1, {})
+    assert limit == runner.jobs_at_once == 3  # 4 more would fit in 100 GB free; 3 at once in all
+    assert env["OMP_NUM_THREADS"] == "5"  # 16 cores / 3 runs, on CUDA too
+
+
+def test_nvidia_smi_non_numbers_read_as_unknown(monkeypatch) -> None:
+    import vasseg.engine.sweep as sweep
+
+    monkeypatch.setattr(sweep, "_nvidia_smi", lambda *q: [["[N/A]"]])
+    assert sweep.gpu_free_mib() is None
+    monkeypatch.setattr(sweep, "_nvidia_smi", lambda *q: [["41", "[N/A]"], ["42", "1024"], ["41", "512"]])
+    assert sweep.process_gpu_mib(41) == 512.0 and sweep.process_gpu_mib(42) == 1024.0
+    assert sweep.mib("[Not Supported]") is None and sweep.mib("80000") == 80000.0

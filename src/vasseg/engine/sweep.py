@@ -10,7 +10,9 @@ CPU-scale patches).
 Concurrency (``jobs``): an integer, or ``auto``. ``auto`` is 1 on the CPU (on 2 cores two
 short runs at once gave 1.11x the runs per hour for twice the memory: RESULTS.md §9) and on CUDA is measured: the first
 job starts alone, its GPU memory is read with ``nvidia-smi`` once it has logged its first steps,
-and as many more start as the free memory holds with a 15 % margin (at most one per CPU core).
+and as many more start as the free memory holds with a 15 % margin, at most ``AUTO_CUDA_MAX``
+in all (runs at once time-share one GPU: more of them only make every one of them late) and at
+most one per CPU core. With N > 1 runs at once each gets ``cores / N`` threads, on CUDA too.
 
 A finished job's student weights are exported next to it (``model.safetensors``, fp16 by default,
 ~19 MB for the LA VNet) so that a run folder without checkpoints still carries the model.
@@ -37,6 +39,7 @@ from vasseg.config import ConfigError, load_config, run_name
 log = logging.getLogger(__name__)
 
 MEMORY_MARGIN = 1.15  # a run's GPU memory grows a little after its first logged steps
+AUTO_CUDA_MAX = 3  # runs at once that `--jobs auto` starts on one GPU
 WEIGHTS_FILE = "model.safetensors"
 
 
@@ -136,34 +139,46 @@ def _nvidia_smi(*query: str) -> list[list[str]] | None:
     return [[c.strip() for c in line.split(",")] for line in out.stdout.splitlines() if line.strip()]
 
 
+def mib(text: str) -> float | None:
+    """A number ``nvidia-smi`` printed, or None for what it prints instead (``[N/A]``,
+    ``[Not Supported]``, e.g. on MIG slices and in some containers)."""
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
 def gpu_free_mib() -> float | None:
-    """Free memory of GPU 0 in MiB, or None without an NVIDIA GPU (no CUDA context is made here)."""
+    """Free memory of GPU 0 in MiB, or None without an NVIDIA GPU or a reading (no CUDA context
+    is made here)."""
     rows = _nvidia_smi("--query-gpu=memory.free")
-    return float(rows[0][0]) if rows else None
+    return mib(rows[0][0]) if rows else None
 
 
 def process_gpu_mib(pid: int) -> float | None:
     """GPU memory held by process ``pid`` in MiB, or None when ``nvidia-smi`` does not list it."""
     rows = _nvidia_smi("--query-compute-apps=pid,used_memory") or []
-    used = [float(r[1]) for r in rows if len(r) == 2 and r[0] == str(pid)]
+    used = [m for r in rows if len(r) == 2 and r[0] == str(pid) and (m := mib(r[1])) is not None]
     return sum(used) if used else None
 
 
 def fill_count(run_mib: float, free_mib: float, cpus: int, remaining: int) -> int:
     """How many more runs to start beside one measured run of ``run_mib`` (MiB) with ``free_mib``
-    free: as many as fit with the margin, at most one per CPU core in all, at most ``remaining``."""
+    free: as many as fit with the margin, at most ``AUTO_CUDA_MAX`` and one per CPU core in all,
+    at most ``remaining``."""
     fit = int(free_mib // (run_mib * MEMORY_MARGIN)) if run_mib > 0 else remaining
-    return max(0, min(fit, cpus - 1, remaining))
+    return max(0, min(fit, cpus - 1, AUTO_CUDA_MAX - 1, remaining))
 
 
 # --------------------------------------------------------------------------- running
 
 
-def child_env(jobs_at_once: int, on_cpu: bool) -> dict[str, str]:
-    """Each CPU run gets its share of the cores (unless OMP_NUM_THREADS is set), so N runs at once
-    do not oversubscribe the machine."""
+def child_env(jobs_at_once: int) -> dict[str, str]:
+    """Each run gets its share of the cores (unless OMP_NUM_THREADS is set), so N runs at once do
+    not oversubscribe the machine: on CUDA too, where each process would otherwise start one
+    thread per core for its CPU work (data, metrics)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    if on_cpu and jobs_at_once > 1 and "OMP_NUM_THREADS" not in os.environ:
+    if jobs_at_once > 1 and "OMP_NUM_THREADS" not in os.environ:
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs_at_once))
     return env
 
@@ -244,7 +259,7 @@ class Sweep:
         running jobs with a checkpoint each (``resume`` continues them) and re-raises."""
         (self.out / "logs").mkdir(parents=True, exist_ok=True)
         limit = self.jobs_at_once or 1
-        env = child_env(limit, self.on_cpu)
+        env = child_env(limit)
         if self.jobs_at_once is None and not self.on_cpu:
             self.free_before = gpu_free_mib()
         try:
@@ -273,8 +288,9 @@ class Sweep:
         waiting = sum(j.phase == "waiting" for j in self.jobs)
         limit = 1 + fill_count(used, free, os.cpu_count() or 1, waiting)
         self.jobs_at_once = limit
-        log.info("one run holds %.0f MiB of GPU memory, %.0f MiB free: %d runs at once", used, free, limit)
-        return limit, child_env(limit, self.on_cpu)
+        log.warning("one run holds %.0f MiB of GPU memory, %.0f MiB free: %d runs at once (at most %d)",
+                    used, free, limit, AUTO_CUDA_MAX)
+        return limit, child_env(limit)
 
     def _start(self, limit: int, env: dict[str, str]) -> None:
         active = sum(j.phase in ("train", "export") for j in self.jobs)
@@ -289,7 +305,7 @@ class Sweep:
             if job.phase == "train":
                 job.wall_s, job.rc, job.ended_at = time.perf_counter() - job.started, rc, time.time()
                 if rc == 0 and self.export != "none":
-                    start_export(job, self.export, child_env(1, self.on_cpu))
+                    start_export(job, self.export, child_env(1))
                     continue
             elif rc == 0:
                 job.extra["weights"] = str(job.run_dir / WEIGHTS_FILE)

@@ -10,6 +10,7 @@ seeds.
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import logging
 import math
@@ -194,11 +195,19 @@ def _float(text: str) -> float:
 
 
 def read_scalars(run_dir: Path) -> list[dict[str, Any]]:
-    """The rows of ``scalars.jsonl`` (empty when the run logged none)."""
+    """The rows of ``scalars.jsonl``, or of ``scalars.jsonl.gz`` (how committed run folders keep
+    it: benchmarks/compress_scalars.py), empty when the run logged none."""
     path = run_dir / "scalars.jsonl"
-    if not path.is_file():
+    if path.is_file():
+        text = path.read_text()
+    elif (packed := path.with_suffix(".jsonl.gz")).is_file():
+        try:
+            text = gzip.decompress(packed.read_bytes()).decode()
+        except (OSError, EOFError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{packed}: unreadable ({exc})") from None
+    else:
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def cases_file(eval_dir: Path, grid: str = "") -> Path:

@@ -1,0 +1,61 @@
+"""The tracked tree stays small enough to travel to a device beside the data (issue 30): committed
+run folders keep their scalars gzipped, and ``vasseg report`` still reads them."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vasseg.report.collect import read_scalars
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+import compress_scalars  # noqa: E402
+
+
+def _tracked() -> list[str]:
+    try:
+        out = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout")
+    return [n for n in out.decode().split("\0") if n]
+
+
+def test_no_tracked_scalars_log_is_uncompressed() -> None:
+    raw = [n for n in _tracked() if n.endswith("scalars.jsonl")]
+    assert not raw, f"run `python benchmarks/compress_scalars.py`: {raw[:3]}"
+
+
+def test_tracked_tree_fits_the_device_share() -> None:
+    _tracked()
+    assert compress_scalars.tracked_mib(REPO) <= compress_scalars.TREE_LIMIT_MIB
+
+
+def test_committed_run_folders_still_give_their_curves() -> None:
+    logs = [REPO / n for n in _tracked() if n.endswith("scalars.jsonl.gz")]
+    assert logs
+    for log in logs:
+        rows = read_scalars(log.parent)
+        assert rows and "step" in rows[0], log
+
+
+def test_compress_round_trips_and_the_reader_takes_either(tmp_path: Path) -> None:
+    run = tmp_path / "benchmarks" / "run"
+    run.mkdir(parents=True)
+    text = "".join(json.dumps({"step": i, "loss": 1.0 / (i + 1)}) + "\n" for i in range(50))
+    (run / "scalars.jsonl").write_text(text)
+    plain = read_scalars(run)
+    assert compress_scalars.main(["--root", str(tmp_path), "--check"]) == 1
+    compress_scalars.compress(run / "scalars.jsonl")
+    assert not (run / "scalars.jsonl").exists()
+    assert gzip.decompress((run / "scalars.jsonl.gz").read_bytes()).decode() == text
+    assert read_scalars(run) == plain and len(plain) == 50
+    assert compress_scalars.main(["--root", str(tmp_path), "--check"]) == 0
+    (run / "scalars.jsonl.gz").write_bytes(b"not gzip")
+    with pytest.raises(ValueError, match="scalars.jsonl.gz: unreadable"):
+        read_scalars(run)
