@@ -3,7 +3,7 @@
 # nnU-Net layout, LABELED labeled + UNLABELED unlabeled scans of SHAPE voxels, TEST test scans.
 #   benchmarks/own_scans_e2e.sh [ITERATIONS]      (run it under /work/quiet.sh for timings)
 set -euo pipefail
-ITER=${1:-10}
+ITER=${1:-8}
 LABELED=8 UNLABELED=24 TEST=4 SHAPE="96, 96, 32"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -18,5 +18,6 @@ t vasseg prepare Dataset042_Heart --unlabeled more_scans/ --out prepared/ --quie
 grep -E "patch_size|labeled|num_val|method:|  name" prepared/config.yaml | sed 's/^/    /'
 t vasseg train --config prepared/config.yaml train.iterations="$ITER" --quiet
 run=$(tail -1 out.txt)
+grep -h "trained .* steps in" "$run/train.log" | sed 's/^.*INFO /    /'
 t vasseg predict "$run" Dataset042_Heart/imagesTs predictions/ --quiet
 echo "predictions: $(ls predictions | wc -l)"

@@ -156,6 +156,32 @@ def test_images_route_takes_the_label_values_and_the_median_spacing(raw: Path, t
     assert manifest["target_spacing"] is not None and (out / "test.list").read_text() == ""
 
 
+def test_unlabeled_scans_join_every_layout(raw: Path, tmp_path: Path) -> None:
+    """BTCV pairs (CT) and --images pairs take --unlabeled folders and globs too."""
+    from vasseg.data.nifti import write_synthetic_ct_dataset
+
+    btcv = write_synthetic_ct_dataset(tmp_path / "btcv", 3, (32, 32, 16), seed=1)
+    extra = tmp_path / "ct_extra"
+    extra.mkdir()
+    (extra / "scan_a.nii.gz").symlink_to(btcv / "img" / "img0003.nii.gz")
+    options = PrepareOptions(shape=(32, 32, 16), test_fraction=0.0, unlabeled=(str(extra / "*.nii.gz"),), workers=1)
+    out = prepare_dataset([btcv], tmp_path / "p1", options, progress=False)
+    split = yaml.safe_load((out / "split.yaml").read_text())
+    assert split["unlabeled"] == ["scan_a"] and sorted(split["labeled"]) == ["0001", "0002", "0003"]
+    assert read_manifest(out)["modality"] == "ct" and load_config(out / "config.yaml").data.augment is False
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    for folder, name, case in ((images, "a.nii.gz", "imagesTr/case_000_0000"), (images, "b_0000.nii.gz",
+                               "imagesTr/case_001_0000"), (labels, "a.nii.gz", "labelsTr/case_000"),
+                               (labels, "b.nii.gz", "labelsTr/case_001")):
+        folder.mkdir(exist_ok=True)
+        (folder / name).symlink_to(raw / "Dataset042_Heart" / f"{case}.nii.gz")
+    options = PrepareOptions(unlabeled=(str(raw / "more_scans"),), workers=1)
+    out = prepare_dataset([], tmp_path / "p2", options, progress=False, plain=(images, labels))
+    split = yaml.safe_load((out / "split.yaml").read_text())
+    assert split["unlabeled"] == ["extra_000", "extra_001", "extra_002", "extra_003"]
+    assert sorted(split["labeled"]) == ["a", "b"]
+
+
 # --------------------------------------------------------------------------- the planned config
 
 
@@ -177,6 +203,24 @@ def test_planned_config_is_complete_and_commented(prepared: Path) -> None:
                 load_config(prepared / "config.yaml", [f"method.name={method}"])
         else:
             assert load_config(prepared / "config.yaml", [f"method.name={method}"]).method.name == method
+
+
+@pytest.mark.parametrize("shape", [(40, 40, 14), (96, 96, 40)])
+def test_the_cpu_hint_of_the_config_trains(shape: tuple[int, int, int], tmp_path: Path) -> None:
+    """The overrides config.yaml suggests for a 2-core CPU pass every training check on the data."""
+    from vasseg.data.setup import build_data
+    from vasseg.engine.run import check_training_data
+    from vasseg.methods import get_method
+
+    root = write_synthetic_nnunet(tmp_path / "D", labeled=2, shape=shape, seed=4)
+    write_unlabeled_scans(tmp_path / "u", 1, shape=shape)
+    out = prepare_dataset([root], tmp_path / "p", PrepareOptions(unlabeled=(str(tmp_path / "u"),), workers=1),
+                          progress=False)
+    hint = next(line for line in (out / "config.yaml").read_text().splitlines() if "2-core CPU" in line)
+    overrides = hint.split(": ", 1)[1].split()
+    assert ("data.scale=0.5" in overrides) == (shape[2] == 40)  # 14 slices: too thin to halve
+    exp = load_config(out / "config.yaml", overrides)
+    check_training_data(exp, build_data(exp, get_method(exp.method.name), progress=False))
 
 
 def test_config_labeled_cannot_reach_the_unlabeled_cases(prepared: Path) -> None:
@@ -207,7 +251,8 @@ def test_worker_pool_writes_the_same_dataset(raw: Path, prepared: Path, tmp_path
 
 def _refused(capsys: pytest.CaptureFixture, tmp_path: Path, *argv: str) -> str:
     """The one-line error of ``vasseg prepare ARGV --out tmp/out``; nothing is left behind."""
-    line = cli_error(capsys, "prepare", *argv, "--out", str(tmp_path / "out"), "--workers", "1", "--quiet")
+    workers = () if "--workers" in argv else ("--workers", "1")
+    line = cli_error(capsys, "prepare", *argv, "--out", str(tmp_path / "out"), *workers, "--quiet")
     assert not (tmp_path / "out").exists() and not [p for p in listing(tmp_path) if ".out." in p]
     return line
 
@@ -284,15 +329,17 @@ def test_dataset_json_that_disagrees_with_the_files_is_refused(change: dict, mes
     assert message in _refused(capsys, tmp_path, str(root))
 
 
-def test_label_values_not_in_dataset_json_are_refused(raw: Path, tmp_path: Path,
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_label_values_not_in_dataset_json_are_refused(workers: str, raw: Path, tmp_path: Path,
                                                       capsys: pytest.CaptureFixture) -> None:
+    """Also with a worker pool: the first bad case stops it, the queued ones are cancelled."""
     root = _copy(raw, tmp_path)
     bad = root / "labelsTr" / "case_000.nii.gz"
     img = nib.load(str(bad))
     data = np.asarray(img.dataobj).copy()
     data[0, 0, 0] = 7
     save_nifti(bad, data, img.affine)
-    line = _refused(capsys, tmp_path, str(root))
+    line = _refused(capsys, tmp_path, str(root), "--workers", workers)
     assert f"{bad}: label values 7 are not among the dataset's labels (0 background, 1 heart, 2 liver)" in line
 
 

@@ -112,6 +112,18 @@ def augment_for(class_names: Sequence[str]) -> bool:
     return not words & set(SIDED)
 
 
+def cpu_overrides(patch: Sequence[int], train_shapes: Sequence[Sequence[int]], augment: bool) -> str:
+    """Overrides for a 2-core CPU, as the LA CPU protocol trains (``configs/la_cpu``): half the patch
+    per axis, 1200 iterations, and volumes at ``data.scale=0.5`` where every case still spans half
+    of that patch."""
+    half = [max(16, p // 32 * 16) for p in patch]
+    smallest = np.asarray(train_shapes, dtype=np.int64).min(axis=0)
+    if augment:
+        smallest[:2] = smallest[:2].min()
+    scale = "data.scale=0.5 " if all(max(1, round(n * 0.5)) >= (h + 1) // 2 for n, h in zip(smallest, half)) else ""
+    return f"{scale}data.patch_size=[{','.join(map(str, half))}] train.iterations=1200 train.lr_step=500"
+
+
 # --------------------------------------------------------------------------- config.yaml
 
 
@@ -186,6 +198,7 @@ def config_text(facts: ConfigFacts) -> str:
               if semi else "no unlabeled cases: supervised (add --unlabeled scans for VAS)"),
         "train:",
         _line("iterations", 6000, "the lineage's LA schedule: SGD 0.01, x0.1 every 2500 steps"),
+        f"  # On a 2-core CPU, the LA CPU protocol's size and length: {cpu_overrides(patch, facts.train_shapes, augment)}",
         _line("optimizer", "sgd"), _line("lr", 0.01), _line("momentum", 0.9), _line("weight_decay", 0.0001),
         _line("lr_policy", "step"), _line("lr_step", 2500), _line("lr_gamma", 0.1),
         _line("seed", 1337), _line("ckpt_every", 500),

@@ -122,9 +122,9 @@ def prepare_dataset(sources: Sequence[str | Path], out: str | Path, options: Pre
         raise _error("prepare: give SOURCE folders or --images and --labels (one of the two)")
     check_options(options, out)
     discovery = add_unlabeled(discover(sources, plain), options.unlabeled)
+    screened = screen(discovery, options)
     label_map = resolve_label_map(options.label_map, discovery)
     warn_on_label_names(discovery.label_names, label_map)
-    screened = screen(discovery, options)
     recipe = plan_recipe(options, discovery, screened)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
@@ -162,7 +162,7 @@ def check_options(options: PrepareOptions, out: Path) -> None:
         raise _error(f"--normalize: {options.normalize!r} is not minmax or zscore")
     if options.test_fraction is not None and not 0.0 <= options.test_fraction < 1.0:
         raise _error(f"--test-fraction: must be in [0, 1), got {options.test_fraction}")
-    if options.num_val is not None and options.num_val < 0 or options.workers < 0:
+    if (options.num_val is not None and options.num_val < 0) or options.workers < 0:
         raise _error("--num-val and --workers: must not be negative")
     if out.exists() and not options.overwrite:
         raise _error(f"{out}: already exists; choose another --out or pass --overwrite")

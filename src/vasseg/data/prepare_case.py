@@ -23,7 +23,7 @@ from vasseg.data.volumes import DataError
 
 log = logging.getLogger(__name__)
 
-POOL_MIN_CASES = 16  # below this, a pool did not pay on 2 busy cores (benchmarks/RESULTS.md, section 10)
+POOL_MIN_CASES = 16  # below this a pool did not pay on 2 busy cores (RESULTS.md, "Preparing your own scans")
 
 
 @dataclass(frozen=True)
@@ -194,7 +194,8 @@ def pool_size(workers: int, cases: int) -> int:
     """Worker processes for ``cases`` cases: ``workers`` (0: the CPU count, at most 8), and none
     (run here) for one worker or fewer than :data:`POOL_MIN_CASES` cases with the automatic choice."""
     if workers == 0:
-        workers = 1 if cases < POOL_MIN_CASES else min(len(os.sched_getaffinity(0)), 8)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        workers = 1 if cases < POOL_MIN_CASES else min(cores, 8)
     return max(1, min(workers, cases))
 
 
@@ -213,7 +214,8 @@ def run_jobs(jobs: list[CaseJob], workers: int, progress: bool) -> Iterator[tupl
     log.info("preparing %d cases with %d worker processes", len(jobs), size)
     # fork, as torch's DataLoader workers: a spawned worker re-imports torch (seconds per worker on a
     # busy host); one torch thread per worker (_worker_init) keeps OpenMP out of the forked children.
-    pool = ProcessPoolExecutor(size, mp_context=multiprocessing.get_context("fork"), initializer=_worker_init)
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    pool = ProcessPoolExecutor(size, mp_context=multiprocessing.get_context(method), initializer=_worker_init)
     try:
         yield from tqdm(pool.map(run_job, jobs), **bar)
     finally:  # an error stops the pool at once: queued cases are cancelled, not prepared

@@ -50,6 +50,8 @@ def values_label_map(pairs: Sequence[Pair]) -> LabelMap:
         if found.size and (not np.array_equal(found, np.round(found)) or found.min() < 0):
             raise DataError(f"{pair.label}: label values must be non-negative integers, got {found[:5].tolist()}")
         values |= {int(v) for v in found}
+    if pairs and not values - {0}:
+        raise DataError(f"{pairs[0].label.parent}: the label files hold only background (0)")
     labels = {"background": 0, **{f"label_{v}": v for v in sorted(values - {0})}}
     log.info("label map: the label values found, %s (give --label-map to name them)", ", ".join(labels))
     return dataset_label_map(labels, "label values", "one class per label value of the label files")
