@@ -32,8 +32,6 @@ def write_data(root: Path, cases: int, shape: tuple[int, int, int]) -> None:
 
 def subset(root: Path, cases: int) -> Path:
     """Symlinks to the first ``cases`` scans (the same quarter labeled) under ``root/n<cases>``."""
-    import json as _json
-
     out = root / f"n{cases}"
     if out.exists():
         return out
@@ -41,12 +39,12 @@ def subset(root: Path, cases: int) -> Path:
     for folder in ("imagesTr", "labelsTr", "unlabeled"):
         (out / folder).mkdir(parents=True)
     for i in range(labeled):
-        (out / "imagesTr" / f"case_{i:03d}_0000.nii.gz").symlink_to(root / "raw" / "imagesTr" / f"case_{i:03d}_0000.nii.gz")
-        (out / "labelsTr" / f"case_{i:03d}.nii.gz").symlink_to(root / "raw" / "labelsTr" / f"case_{i:03d}.nii.gz")
+        for folder, name in (("imagesTr", f"case_{i:03d}_0000.nii.gz"), ("labelsTr", f"case_{i:03d}.nii.gz")):
+            (out / folder / name).symlink_to(root / "raw" / folder / name)
     for i in range(cases - labeled):
         (out / "unlabeled" / f"extra_{i:03d}.nii.gz").symlink_to(root / "unlabeled" / f"extra_{i:03d}.nii.gz")
-    meta = _json.loads((root / "raw" / "dataset.json").read_text()) | {"numTraining": labeled}
-    (out / "dataset.json").write_text(_json.dumps(meta))
+    meta = json.loads((root / "raw" / "dataset.json").read_text()) | {"numTraining": labeled}
+    (out / "dataset.json").write_text(json.dumps(meta))
     return out
 
 

@@ -343,6 +343,14 @@ def test_label_values_not_in_dataset_json_are_refused(workers: str, raw: Path, t
     assert f"{bad}: label values 7 are not among the dataset's labels (0 background, 1 heart, 2 liver)" in line
 
 
+def test_an_nnunet_dataset_is_the_only_source(raw: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from vasseg.data.nifti import write_synthetic_ct_dataset
+
+    btcv = write_synthetic_ct_dataset(tmp_path / "btcv", 1, (16, 16, 8))
+    line = _refused(capsys, tmp_path, str(raw / "Dataset042_Heart"), str(btcv))
+    assert f"{raw / 'Dataset042_Heart'}: an nnU-Net dataset is prepared as the only SOURCE" in line
+
+
 def test_multi_channel_images_are_refused(raw: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     root = _copy(raw, tmp_path)
     second = root / "imagesTr" / "case_000_0001.nii.gz"

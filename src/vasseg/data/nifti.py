@@ -105,6 +105,9 @@ def discover_sources(roots: list[str | Path]) -> Discovery:
     found = [discover_dataset(r) for r in roots]
     if len(found) == 1:
         return found[0]
+    if nnunet := [d.roots[0] for d in found if d.layout == "nnunet"]:
+        raise DataError(f"{nnunet[0]}: an nnU-Net dataset is prepared as the only SOURCE (its dataset.json "
+                        f"defines the labels); add more scans with --unlabeled")
     out = Discovery("mixed", [d.roots[0] for d in found], [])
     seen: dict[str, Path] = {}
     for disc in found:
@@ -300,13 +303,15 @@ def _phantom_affine(shape: tuple[int, int, int], rng: np.random.Generator,
     return affine
 
 
-def _save_nifti(path: Path, data: np.ndarray, affine: np.ndarray) -> None:
+def save_nifti(path: Path, data: np.ndarray, affine: np.ndarray) -> Path:
+    """Write ``data`` with ``affine`` as its qform and sform (mm), creating the folder; returns ``path``."""
     img = nib.Nifti1Image(data, affine)
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
     img.header.set_xyzt_units("mm")
     path.parent.mkdir(parents=True, exist_ok=True)
     nib.save(img, str(path))
+    return path
 
 
 def write_synthetic_ct_dataset(root: str | Path, n: int, shape: tuple[int, int, int] = (48, 40, 24),
@@ -332,8 +337,8 @@ def write_synthetic_ct_dataset(root: str | Path, n: int, shape: tuple[int, int, 
             image_path, label_path = root / "img" / f"img{i:04d}.nii.gz", root / "label" / f"label{i:04d}.nii.gz"
         else:
             image_path, label_path = root / "imagesTr" / f"ct_{i:03d}.nii.gz", root / "labelsTr" / f"ct_{i:03d}.nii.gz"
-        _save_nifti(image_path, np.ascontiguousarray(hu), affine)
-        _save_nifti(label_path, np.ascontiguousarray(label), affine)
+        save_nifti(image_path, np.ascontiguousarray(hu), affine)
+        save_nifti(label_path, np.ascontiguousarray(label), affine)
         entries.append({"image": f"./{image_path.relative_to(root)}", "label": f"./{label_path.relative_to(root)}"})
     if layout == "msd":
         meta = {"name": "SyntheticAbdomenCT", "modality": {"0": "CT"},

@@ -28,8 +28,8 @@ import numpy as np
 # fits a small GPU and a step stays within seconds on a 2-core CPU (benchmarks/RESULTS.md).
 PATCH_VOXEL_BUDGET = 2**19
 VAL_FRACTION, VAL_MIN_LABELED = 0.2, 5
-SIDED = ("left", "right")
-YAML_WORDS = ("true", "false", "yes", "no", "on", "off", "null", "y", "n")  # read as booleans / null  # class names that rule out left-right flips in augmentation
+SIDED = ("left", "right")  # class names that rule out left-right flips in augmentation
+YAML_WORDS = ("true", "false", "yes", "no", "on", "off", "null", "y", "n")  # read as booleans / null
 
 
 def median_spacing(spacings: Sequence[Sequence[float]]) -> tuple[float, float, float]:
@@ -178,7 +178,8 @@ def config_text(facts: ConfigFacts) -> str:
         "data:",
         _line("dataset", "prepared", "this folder is a `vasseg prepare` dataset"),
         _line("root", ".", "this folder (relative to this file, so it can move)"),
-        _line("num_classes", len(facts.class_names), f"background + {len(facts.class_names) - 1}, from {facts.class_source}"),
+        _line("num_classes", len(facts.class_names),
+              f"background + {len(facts.class_names) - 1}, from {facts.class_source}"),
         _line("class_names", facts.class_names),
         _line("labeled", n_lab, f"labeled training cases: the first {n_lab} of train.list (lower it to use fewer)"),
         _line("num_val", n_val, f"validation (labeled, last of train.list): {val_rule}"),
@@ -198,11 +199,13 @@ def config_text(facts: ConfigFacts) -> str:
               if semi else "no unlabeled cases: supervised (add --unlabeled scans for VAS)"),
         "train:",
         _line("iterations", 6000, "the lineage's LA schedule: SGD 0.01, x0.1 every 2500 steps"),
-        f"  # On a 2-core CPU, the LA CPU protocol's size and length: {cpu_overrides(patch, facts.train_shapes, augment)}",
+        "  # On a 2-core CPU, the LA CPU protocol's size and length: "
+        + cpu_overrides(patch, facts.train_shapes, augment),
         _line("optimizer", "sgd"), _line("lr", 0.01), _line("momentum", 0.9), _line("weight_decay", 0.0001),
         _line("lr_policy", "step"), _line("lr_step", 2500), _line("lr_gamma", 0.1),
         _line("seed", 1337), _line("ckpt_every", 500),
-        _line("val_every", 500 if n_val else 0, "score the validation split every 500 steps" if n_val else "no validation split"),
+        _line("val_every", 500 if n_val else 0,
+              "score the validation split every 500 steps" if n_val else "no validation split"),
         "eval:",
         _line("stride", stride, "half the patch: nnU-Net's 50 % window overlap"),
         _line("checkpoint", "last", "the last weights (best: selected on the validation split)"),

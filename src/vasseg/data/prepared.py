@@ -288,9 +288,10 @@ class PreparedFormat(DataFormat):
         """Labeled and validation ids need labels: ``vasseg prepare`` lists the unlabeled cases after
         the labeled ones in train.list, so a ``data.labeled`` above the labeled count reaches them."""
         cases = read_manifest(self.root)["cases"]
+        labeled = {i for i, record in cases.items() if record.get("labeled", True)}  # older manifests: all
         for group, key in ((split.labeled, "data.labeled"), (split.val, "data.num_val")):
-            if bad := [i for i in group if not cases.get(i, {}).get("labeled", True)]:
-                have = sum(1 for i in split.labeled + split.unlabeled + split.val if cases.get(i, {}).get("labeled", True))
+            if bad := [i for i in group if i not in labeled]:
+                have = len(labeled & {*split.labeled, *split.unlabeled, *split.val})
                 raise ConfigError(f"{key}: case {bad[0]} of {self.root / self.data.train_list} has no label "
                                   f"({len(bad)} such); the prepared dataset has {have} labeled training cases, "
                                   f"so data.labeled + data.num_val must not exceed {have}")

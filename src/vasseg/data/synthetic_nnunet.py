@@ -13,8 +13,9 @@ import json
 import math
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
+
+from vasseg.data.nifti import save_nifti
 
 LABELS = {"background": 0, "heart": 1, "liver": 2}
 
@@ -50,16 +51,6 @@ def synthetic_affine(shape: tuple[int, int, int], rng: np.random.Generator, flip
     affine[:3, :3] = rot @ np.diag(spacing * np.array([-1.0 if flipped else 1.0] * 2 + [1.0]))
     affine[:3, 3] = rng.uniform(-120.0, -60.0, 3)
     return affine
-
-
-def save_nifti(path: Path, data: np.ndarray, affine: np.ndarray) -> Path:
-    img = nib.Nifti1Image(data, affine)
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    img.header.set_xyzt_units("mm")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(img, str(path))
-    return path
 
 
 def _case(i: int, shape: tuple[int, int, int], seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
