@@ -182,6 +182,17 @@ def test_unlabeled_scans_join_every_layout(raw: Path, tmp_path: Path) -> None:
     assert sorted(split["labeled"]) == ["a", "b"]
 
 
+def test_unlabeled_names_follow_nnunet_when_the_folder_does() -> None:
+    from vasseg.data.nnunet import unlabeled_cases
+    from vasseg.data.volumes import DataError
+
+    cases, problems = unlabeled_cases([Path("u/a_0000.nii.gz"), Path("u/case_0001_0000.nii")])
+    assert [c.id for c in cases] == ["a", "case_0001"] and not problems
+    assert [c.id for c in unlabeled_cases([Path("u/case_0001.nii.gz")])[0]] == ["case_0001"]  # plain names
+    with pytest.raises(DataError, match=r"^u/a_0001.nii.gz: channel 0001: multi-channel images are not supported"):
+        unlabeled_cases([Path("u/a_0000.nii.gz"), Path("u/a_0001.nii.gz")])
+
+
 # --------------------------------------------------------------------------- the planned config
 
 
