@@ -108,20 +108,18 @@ def discover_sources(roots: list[str | Path]) -> Discovery:
     if nnunet := [d.roots[0] for d in found if d.layout == "nnunet"]:
         raise DataError(f"{nnunet[0]}: an nnU-Net dataset is prepared as the only SOURCE (its dataset.json "
                         f"defines the labels); add more scans with --unlabeled")
-    out = Discovery("mixed", [d.roots[0] for d in found], [])
-    seen: dict[str, Path] = {}
+    pairs, problems, seen = [], [], {}
     for disc in found:
         prefix = disc.roots[0].name
-        out.problems += disc.problems
-        for group, kept in ((disc.pairs, out.pairs), (disc.unlabeled, out.unlabeled), (disc.test, out.test)):
-            for p in group:
-                pair = Pair(f"{prefix}_{p.id}", p.image, p.label)
-                if pair.id in seen:
-                    out.problems.append(f"{p.image}: case id {pair.id} also used by {seen[pair.id]}")
-                    continue
-                seen[pair.id] = p.image
-                kept.append(pair)
-    return out
+        problems += disc.problems
+        for p in disc.pairs:
+            pair = Pair(f"{prefix}_{p.id}", p.image, p.label)
+            if pair.id in seen:
+                problems.append(f"{p.image}: case id {pair.id} also used by {seen[pair.id]}")
+                continue
+            seen[pair.id] = p.image
+            pairs.append(pair)
+    return Discovery("mixed", [d.roots[0] for d in found], pairs, problems)
 
 
 def _discover_btcv(root: Path) -> Discovery:
