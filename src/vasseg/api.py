@@ -8,7 +8,8 @@
     probs = model.predict(image_array, probs=True)                 # (K, X, Y, Z) float32
 
 A NumPy array or torch tensor ``(X, Y, Z)`` holds intensities as the training data did (LA: the
-MRI, any scale, it is z-scored; a prepared CT run: Hounsfield units in RAS+ axis order). A path is
+MRI, any scale, it is z-scored; a prepared CT run: Hounsfield units in RAS+ axis order; a prepared
+MR run: the scan's intensities, normalised inside). A path is
 read with :func:`vasseg.io.read_volume` (NIfTI with its affine, or an LA ``.h5``). The result lies
 on the input's grid, whatever resolution the network ran at.
 """

@@ -10,7 +10,8 @@ holds raw tensors and a JSON header and cannot carry code:
 - metadata (strings; JSON where structured): ``format`` (``vasseg-model``), ``format_version``,
   ``vasseg_version``, ``config`` (the resolved experiment, :func:`vasseg.config.to_dict`),
   ``class_names``, ``preprocessing`` (the record of the run's dataset format, :mod:`vasseg.data.format`:
-  z-score and scale, or a prepared CT dataset's window, shape, normalisation and label map) and ``weights``
+  z-score and scale, or a prepared dataset's modality, CT window or MR percentile clip, target shape or
+  spacing, normalisation and label map) and ``weights``
   (network, dtype, training step, method, the checkpoint's file name).
 
 ``vasseg predict``, ``vasseg evaluate``, :func:`vasseg.load_model` and ``train.init_from`` read it

@@ -66,7 +66,10 @@ def test_nnunet_v2_folders_without_training_list(msd_root: Path, tmp_path: Path)
     found = discover_dataset(root)
     assert [p.id for p in found.pairs] == ["abd_7"]
     assert found.label_names == {"0": "background", "1": "spleen"}
-    assert len(found.problems) == 1 and found.problems[0].startswith(str(root / "imagesTr" / "lonely_0000.nii.gz"))
+    # An image without a label is an unlabeled case (issue 26), not a problem.
+    assert found.layout == "nnunet" and not found.problems
+    assert [(p.id, p.image, p.label) for p in found.unlabeled] == [
+        ("lonely", root / "imagesTr" / "lonely_0000.nii.gz", None)]
 
 
 def test_every_unpaired_or_duplicate_file_is_a_problem_naming_it(btcv_root: Path, tmp_path: Path) -> None:

@@ -35,7 +35,7 @@ import torch
 from tqdm import tqdm
 
 from vasseg import registry
-from vasseg.data.splits import read_id_list
+from vasseg.data.splits import Split, read_id_list
 from vasseg.data.volumes import Case, VolumeSet, resize_image, scaled_shape
 from vasseg.typed import ConfigError
 
@@ -90,6 +90,9 @@ class DataFormat:
     def read_case(self, case_id: str) -> Case:
         """One case on the model's grid (``data.scale`` applied); validated by the caller."""
         raise NotImplementedError
+
+    def check_split(self, split: Split) -> None:
+        """Refuse a split the data cannot serve (e.g. a labeled id without a label); default: any."""
 
     def load_cases(self, ids: Sequence[str], progress: bool = True, list_name: str = "the id list") -> VolumeSet:
         """The cases ``ids`` on the CPU; every id is checked before any file is read."""

@@ -36,6 +36,9 @@ class LabelMap:
     description: str = ""
     sources: tuple[str, ...] = ()
     source_names: dict[int, str] = field(default_factory=dict)  # documentation and name checks
+    # True for a map made from the dataset's own labels (dataset.json, label values): a source id
+    # that it does not name is an error instead of background.
+    strict: bool = False
 
     @property
     def num_classes(self) -> int:
@@ -47,6 +50,13 @@ class LabelMap:
         if lab.dtype.kind == "f" and not np.array_equal(lab, np.round(lab)):
             raise DataError(f"{where}: label holds non-integer values")
         lab = lab.astype(np.int64, copy=False)
+        if self.strict and lab.size:
+            # bincount: one pass, no sort (a CT label has 10^8 voxels); negatives go through unique
+            present = np.flatnonzero(np.bincount(lab.ravel())) if lab.min() >= 0 else np.unique(lab)
+            unknown = np.setdiff1d(present, [0, *self.to_class])
+            if unknown.size:
+                raise DataError(f"{where}: label values {', '.join(map(str, unknown[:10]))} are not among the "
+                                f"dataset's labels ({self.describe()})")
         if lab.size and (lab.min() < 0 or lab.max() > self.max_source_id):
             bad = np.unique(lab[(lab < 0) | (lab > self.max_source_id)])[:10]
             raise DataError(f"{where}: label ids {', '.join(map(str, bad))} are outside label map "
@@ -55,6 +65,11 @@ class LabelMap:
         for source_id, cls in self.to_class.items():
             lut[source_id] = cls
         return lut[lab]
+
+    def describe(self) -> str:
+        """``0 background, 1 heart, ...``: the source values and their class names."""
+        pairs = [(0, self.classes[0]), *sorted((s, self.classes[c]) for s, c in self.to_class.items())]
+        return ", ".join(f"{s} {name}" for s, name in pairs)
 
     def restore_ids(self, classes: np.ndarray) -> np.ndarray:
         """Project classes -> source ids (uint8, uint16 when an id exceeds 255)."""
@@ -71,7 +86,8 @@ class LabelMap:
                 "map": {str(k): self.classes[v] for k, v in sorted(self.to_class.items())},
                 "restore": {self.classes[c]: s for c, s in sorted(self.restore.items())},
                 "max_source_id": self.max_source_id,
-                "source_names": {str(k): v for k, v in sorted(self.source_names.items())}}
+                "source_names": {str(k): v for k, v in sorted(self.source_names.items())},
+                "strict": self.strict}
 
 
 def label_map_from_dict(raw: Any, where: str) -> LabelMap:
@@ -102,7 +118,22 @@ def label_map_from_dict(raw: Any, where: str) -> LabelMap:
         raise DataError(f"{where}: no source id maps to class(es) {', '.join(unmapped)}")
     names = {_int_key(k, where): str(v) for k, v in (raw.get("source_names") or {}).items()}
     return LabelMap(str(raw.get("name", where)), classes, to_class, restore, max_id,
-                    str(raw.get("description", "")), tuple(str(s) for s in raw.get("sources") or ()), names)
+                    str(raw.get("description", "")), tuple(str(s) for s in raw.get("sources") or ()), names,
+                    bool(raw.get("strict", False)))
+
+
+def dataset_label_map(labels: dict[str, int], name: str, description: str) -> LabelMap:
+    """The identity map of a dataset's own labels ``{class name: value}`` (background 0), strict:
+    a value outside them is an error naming the file. Classes are ordered by value."""
+    ordered = sorted(labels.items(), key=lambda kv: kv[1])
+    if not ordered or ordered[0][1] != 0:
+        raise DataError(f"{name}: labels must include value 0 (background)")
+    classes = ("background", *(str(n) for n, _ in ordered[1:]))
+    to_class = {int(v): i for i, (_, v) in enumerate(ordered) if i}
+    if not to_class:
+        raise DataError(f"{name}: labels name no foreground class (only background)")
+    return LabelMap(name, classes, to_class, {c: s for s, c in to_class.items()}, max(to_class),
+                    description, (), {v: n for n, v in ordered}, strict=True)
 
 
 def _int_key(value: Any, where: str) -> int:

@@ -7,7 +7,7 @@ Two layouts are recognised (:func:`discover_dataset`):
   next to the images). Pairs are matched by ``<ID>``.
 - **Medical Segmentation Decathlon**: ``dataset.json`` with a ``training`` list of
   ``{"image": "./imagesTr/x.nii.gz", "label": "./labelsTr/x.nii.gz"}`` entries; without that list
-  (nnU-Net v2 style) ``labelsTr/<case><ending>`` pairs with ``imagesTr/<case>_0000<ending>``.
+  it is an nnU-Net v2 raw dataset (:mod:`vasseg.data.nnunet`: labeled, unlabeled and test cases).
 
 Discovery never reads voxel data and never drops a file silently: every image without a label,
 label without an image, duplicate id or missing file is returned as a one-line problem naming the
@@ -42,22 +42,30 @@ SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 @dataclass(frozen=True)
 class Pair:
-    """One labelled CT of a source dataset: case ``id``, image and label NIfTI paths."""
+    """One scan of a source dataset: case ``id``, image and (labeled cases) label NIfTI paths."""
 
     id: str
     image: Path
-    label: Path
+    label: Path | None
 
 
 @dataclass
 class Discovery:
-    """What a dataset folder holds: its layout, the usable pairs and one line per problem."""
+    """What a dataset folder holds: its layout, the usable cases and one line per problem.
 
-    layout: str  # "btcv" | "msd" | "mixed" (several sources)
+    ``pairs``: labeled training cases; ``unlabeled``: training images without a label (their
+    ``label`` is None); ``test``: held-out images (nnU-Net's ``imagesTs``, label when
+    ``labelsTs`` has one). ``meta``: the dataset.json of an nnU-Net v2 folder, else empty.
+    """
+
+    layout: str  # "btcv" | "msd" | "nnunet" | "pairs" | "mixed" (several sources)
     roots: list[Path]
     pairs: list[Pair]
     problems: list[str] = field(default_factory=list)
     label_names: dict[str, str] = field(default_factory=dict)  # from dataset.json, informational
+    unlabeled: list[Pair] = field(default_factory=list)
+    test: list[Pair] = field(default_factory=list)
+    meta: dict = field(default_factory=dict)
 
 
 def strip_nifti(name: str) -> str:
@@ -66,13 +74,30 @@ def strip_nifti(name: str) -> str:
 
 
 def discover_dataset(root: str | Path) -> Discovery:
-    """Find the image/label pairs of one dataset folder (MSD if it has ``dataset.json``)."""
+    """Find the cases of one dataset folder: MSD if its ``dataset.json`` has a ``training`` list,
+    nnU-Net v2 (:mod:`vasseg.data.nnunet`) if it has none, else BTCV-style pairs."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DataError(f"{root}: dataset folder not found")
     if (root / "dataset.json").is_file():
-        return _discover_msd(root)
+        meta = read_dataset_json(root / "dataset.json")
+        if "training" not in meta:
+            from vasseg.data.nnunet import discover_nnunet
+
+            return discover_nnunet(root, meta)
+        return _discover_msd(root, meta)
     return _discover_btcv(root)
+
+
+def read_dataset_json(path: Path) -> dict:
+    """The JSON object of a ``dataset.json``; one line naming the file when it is not one."""
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read ({' '.join(str(exc).split())})") from exc
+    if not isinstance(meta, dict):
+        raise DataError(f"{path}: expected a JSON object")
+    return meta
 
 
 def discover_sources(roots: list[str | Path]) -> Discovery:
@@ -80,6 +105,9 @@ def discover_sources(roots: list[str | Path]) -> Discovery:
     found = [discover_dataset(r) for r in roots]
     if len(found) == 1:
         return found[0]
+    if nnunet := [d.roots[0] for d in found if d.layout == "nnunet"]:
+        raise DataError(f"{nnunet[0]}: an nnU-Net dataset is prepared as the only SOURCE (its dataset.json "
+                        f"defines the labels); add more scans with --unlabeled")
     pairs, problems, seen = [], [], {}
     for disc in found:
         prefix = disc.roots[0].name
@@ -125,26 +153,14 @@ def _collect(root: Path, pattern: re.Pattern[str]) -> dict[str, list[Path]]:
     return out
 
 
-def _discover_msd(root: Path) -> Discovery:
-    meta_path = root / "dataset.json"
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{meta_path}: cannot read ({' '.join(str(exc).split())})") from exc
-    if not isinstance(meta, dict):
-        raise DataError(f"{meta_path}: expected a JSON object")
-    modality = meta.get("modality") or meta.get("channel_names") or {}
-    if isinstance(modality, dict) and modality and "CT" not in {str(v).upper() for v in modality.values()}:
-        log.warning("%s: modality %s is not CT; the HU window assumes CT", meta_path, modality)
-    entries = meta.get("training")
-    if entries is None:
-        pairs, problems = _msd_from_folders(root, str(meta.get("file_ending", ".nii.gz")))
-    else:
-        pairs, problems = _msd_from_list(root, meta_path, entries)
-    return Discovery("msd", [root], pairs, problems, _label_names(meta.get("labels")))
+def _discover_msd(root: Path, meta: dict) -> Discovery:
+    """MSD: dataset.json's ``training`` list of image/label entries (its ``modality`` is the
+    channel name of :func:`vasseg.data.modality.detect_modality`)."""
+    pairs, problems = _msd_from_list(root, root / "dataset.json", meta["training"])
+    return Discovery("msd", [root], pairs, problems, label_names(meta.get("labels")), meta=meta)
 
 
-def _label_names(labels: object) -> dict[str, str]:
+def label_names(labels: object) -> dict[str, str]:
     """``{id: name}`` from MSD (``{"1": "liver"}``) or nnU-Net v2 (``{"liver": 1}``) labels."""
     if not isinstance(labels, dict):
         return {}
@@ -171,26 +187,6 @@ def _msd_from_list(root: Path, meta_path: Path, entries: object) -> tuple[list[P
         else:
             seen.add(case_id)
             pairs.append(Pair(case_id, image, label))
-    return pairs, problems
-
-
-def _msd_from_folders(root: Path, ending: str) -> tuple[list[Pair], list[str]]:
-    """nnU-Net v2 style: ``labelsTr/<case><ending>`` with ``imagesTr/<case>_0000<ending>``."""
-    labels_dir, images_dir = root / "labelsTr", root / "imagesTr"
-    if not labels_dir.is_dir():
-        raise DataError(f"{root / 'dataset.json'}: no 'training' list and no labelsTr/ folder")
-    labels = {p.name[: -len(ending)]: p for p in sorted(labels_dir.glob(f"*{ending}"))
-              if not p.name.startswith(".")}
-    images = {p.name[: -len(ending)].removesuffix("_0000"): p for p in sorted(images_dir.glob(f"*{ending}"))
-              if not p.name.startswith(".")} if images_dir.is_dir() else {}
-    pairs, problems = [], []
-    for case_id in sorted(set(labels) | set(images)):
-        if case_id not in images:
-            problems.append(f"{labels[case_id]}: label without an image {case_id}_0000{ending} in imagesTr/")
-        elif case_id not in labels:
-            problems.append(f"{images[case_id]}: image without a label {case_id}{ending} in labelsTr/")
-        else:
-            pairs.append(Pair(case_id, images[case_id], labels[case_id]))
     return pairs, problems
 
 
@@ -305,13 +301,15 @@ def _phantom_affine(shape: tuple[int, int, int], rng: np.random.Generator,
     return affine
 
 
-def _save_nifti(path: Path, data: np.ndarray, affine: np.ndarray) -> None:
+def save_nifti(path: Path, data: np.ndarray, affine: np.ndarray) -> Path:
+    """Write ``data`` with ``affine`` as its qform and sform (mm), creating the folder; returns ``path``."""
     img = nib.Nifti1Image(data, affine)
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
     img.header.set_xyzt_units("mm")
     path.parent.mkdir(parents=True, exist_ok=True)
     nib.save(img, str(path))
+    return path
 
 
 def write_synthetic_ct_dataset(root: str | Path, n: int, shape: tuple[int, int, int] = (48, 40, 24),
@@ -337,8 +335,8 @@ def write_synthetic_ct_dataset(root: str | Path, n: int, shape: tuple[int, int, 
             image_path, label_path = root / "img" / f"img{i:04d}.nii.gz", root / "label" / f"label{i:04d}.nii.gz"
         else:
             image_path, label_path = root / "imagesTr" / f"ct_{i:03d}.nii.gz", root / "labelsTr" / f"ct_{i:03d}.nii.gz"
-        _save_nifti(image_path, np.ascontiguousarray(hu), affine)
-        _save_nifti(label_path, np.ascontiguousarray(label), affine)
+        save_nifti(image_path, np.ascontiguousarray(hu), affine)
+        save_nifti(label_path, np.ascontiguousarray(label), affine)
         entries.append({"image": f"./{image_path.relative_to(root)}", "label": f"./{label_path.relative_to(root)}"})
     if layout == "msd":
         meta = {"name": "SyntheticAbdomenCT", "modality": {"0": "CT"},

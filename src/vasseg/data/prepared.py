@@ -3,14 +3,19 @@ plug-in (:class:`PreparedFormat`, ``data.dataset: prepared``).
 
 Layout::
 
-    ROOT/prepared.json     manifest: sources, label map, HU window, normalisation, target shape,
-                           class names, the split, per-case geometry and every skipped file
-    ROOT/cases/<ID>.h5     image         float32 (X, Y, Z) at the target shape, windowed, rescaled
+    ROOT/prepared.json     manifest: sources, label map, intensity scheme (modality ct: HU window
+                           and normalisation; mr: percentile clip + z-score), target grid (a fixed
+                           ``shape`` or a ``target_spacing``), class names, the split, per-case
+                           geometry and role, every skipped file
+    ROOT/cases/<ID>.h5     image         float32 (X, Y, Z) on the prepared grid, normalised
                            label         uint8 (X, Y, Z) project classes on the prepared grid
                            native_label  uint8 (X0, Y0, Z0) project classes on the original grid
                            attributes    CASE_ATTRS (original shape, affine, spacing, factor ...)
-    ROOT/train.list        training ids (the first N are the labeled ones)
+                           (an unlabeled or unlabeled test case has no label / native_label)
+    ROOT/train.list        training ids: labeled, then unlabeled, then validation
     ROOT/test.list         test ids
+    ROOT/split.yaml        labeled / unlabeled / val / test ids
+    ROOT/config.yaml       the planned experiment (:mod:`vasseg.data.plan`)
 
 Every array is in the closest canonical RAS+ axis order of its source file (flips and transposes
 only, see :mod:`vasseg.data.nifti`); ``original_affine`` / ``original_shape`` give the file's own
@@ -19,7 +24,7 @@ resampling), so mapping a prediction back is a resize to the original shape.
 
 Native labels are not held in memory by :func:`load_prepared` (a 512x512x200 CT label is 50 MB):
 evaluation reads them one case at a time with :func:`read_native_label`. Label maps (source ids
-<-> classes) are :mod:`vasseg.data.labelmap`'s.
+<-> classes) are :mod:`vasseg.data.labelmap`'s; intensities and grids :mod:`vasseg.data.preprocess`'s.
 """
 
 from __future__ import annotations
@@ -38,8 +43,18 @@ from torch import Tensor
 from tqdm import tqdm
 
 from vasseg.data.format import DataFormat, Record
+from vasseg.data.splits import Split
 from vasseg.data.labelmap import available_label_maps, label_map_from_dict, load_label_map  # noqa: F401 - re-exported
-from vasseg.data.nifti import canonical_ornt, from_canonical, to_canonical
+from vasseg.data.nifti import canonical_ornt, canonical_spacing, from_canonical, to_canonical
+from vasseg.data.preprocess import (  # noqa: F401 - re-exported: they lived here
+    NORMALIZATIONS,
+    preprocess_image,
+    preprocess_scan,
+    resample_image,
+    resample_label,
+    target_shape,
+    window_rescale,
+)
 from vasseg.data.volumes import (  # noqa: F401 - resized_argmax: re-exported, it lived here
     Case,
     DataError,
@@ -60,51 +75,8 @@ log = logging.getLogger(__name__)
 
 FORMAT, VERSION = "vasseg-prepared", 1
 MANIFEST, CASES_DIR = "prepared.json", "cases"
-NORMALIZATIONS = ("minmax", "zscore")
 CASE_ATTRS = ("original_shape", "original_affine", "original_spacing", "orientation", "canonical_shape",
               "canonical_spacing", "spacing", "factor", "source_image", "source_label")
-
-
-# --------------------------------------------------------------------------- preprocessing
-
-
-def window_rescale(hu: np.ndarray, window: Sequence[float]) -> np.ndarray:
-    """Clip Hounsfield units to ``window = (low, high)`` and rescale to [0, 1] (float32)."""
-    low, high = float(window[0]), float(window[1])
-    out = np.clip(np.asarray(hu, dtype=np.float32), low, high)
-    out -= low
-    out /= high - low
-    return out
-
-
-def resample_image(image: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-    """Trilinear resampling of ``(X, Y, Z)`` to ``shape`` over the same field of view."""
-    size = (int(shape[0]), int(shape[1]), int(shape[2]))
-    tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
-    return resize_image(tensor, size)[0].numpy()
-
-
-def resample_label(label: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-    """Nearest-neighbour resampling (voxel centres, same field of view) of uint8 ``(X, Y, Z)``."""
-    size = (int(shape[0]), int(shape[1]), int(shape[2]))
-    tensor = torch.from_numpy(np.ascontiguousarray(label, dtype=np.uint8))[None, None]
-    return F.interpolate(tensor, size=size, mode="nearest-exact")[0, 0].numpy()
-
-
-def preprocess_image(hu: np.ndarray, window: Sequence[float], normalize: str,
-                     shape: Sequence[int]) -> np.ndarray:
-    """The network's input from a canonical HU volume: window, rescale, resample, normalise.
-
-    ``normalize="minmax"`` keeps [0, 1] (the paper's "range [0, 1]"); ``"zscore"`` then gives the
-    resampled volume zero mean and unit variance (the paper's other reading). float32 ``shape``.
-    """
-    if normalize not in NORMALIZATIONS:
-        raise DataError(f"normalize: {normalize!r} is not one of {', '.join(NORMALIZATIONS)}")
-    out = resample_image(window_rescale(hu, window), shape)
-    if normalize == "zscore":
-        std = float(out.std())
-        out = (out - out.mean()) / (std if std > 0 else 1.0)
-    return out.astype(np.float32, copy=False)
 
 
 # --------------------------------------------------------------------------- reading
@@ -123,7 +95,7 @@ def read_manifest(root: str | Path) -> dict[str, Any]:
         raise DataError(f"{path}: not a {FORMAT} manifest")
     if manifest.get("version") != VERSION:
         raise DataError(f"{path}: format version {manifest.get('version')} (this vasseg reads {VERSION})")
-    missing = [k for k in ("shape", "window", "normalize", "label_map", "class_names", "cases") if k not in manifest]
+    missing = [k for k in ("shape", "normalize", "label_map", "class_names", "cases") if k not in manifest]
     if missing:
         raise DataError(f"{path}: missing keys {', '.join(missing)}")
     return manifest
@@ -145,18 +117,22 @@ def read_prepared_case(root: str | Path, case_id: str) -> Case:
     path = case_path(root, case_id)
     try:
         with h5py.File(path, "r") as f:
-            image, label = _dataset(f, "image", path), _dataset(f, "label", path)
+            image = _dataset(f, "image", path)
+            label = _dataset(f, "label", path) if "label" in f else None  # None: an unlabeled case
             attrs = {k: f.attrs[k] for k in CASE_ATTRS if k in f.attrs}
     except OSError as exc:
         raise DataError(f"{path}: cannot open as HDF5 ({' '.join(str(exc).split())})") from exc
-    if image.ndim != 3 or image.dtype != np.float32 or label.shape != image.shape or label.dtype != np.uint8:
+    if image.ndim != 3 or image.dtype != np.float32 or (
+            label is not None and (label.shape != image.shape or label.dtype != np.uint8)):
         raise DataError(f"{path}: expected float32 image and uint8 label of one 3-D shape, got "
-                        f"{image.dtype} {image.shape} and {label.dtype} {label.shape}")
+                        f"{image.dtype} {image.shape} and {getattr(label, 'dtype', None)} "
+                        f"{getattr(label, 'shape', None)}")
     missing = [k for k in ("spacing", "canonical_shape", "canonical_spacing") if k not in attrs]
     if missing:
         raise DataError(f"{path}: missing attributes {', '.join(missing)}")
     triple = lambda key: tuple(float(v) for v in attrs[key])  # noqa: E731
-    return Case(id=case_id, image=torch.from_numpy(image)[None], label=torch.from_numpy(label),
+    return Case(id=case_id, image=torch.from_numpy(image)[None],
+                label=None if label is None else torch.from_numpy(label),
                 spacing=triple("spacing"), source=str(path),
                 native_shape=tuple(int(v) for v in attrs["canonical_shape"]),
                 native_spacing=triple("canonical_spacing"))
@@ -167,6 +143,8 @@ def read_native_label(path: str | Path, num_classes: int) -> np.ndarray:
     path = Path(path)
     try:
         with h5py.File(path, "r") as f:
+            if "native_label" not in f:
+                raise DataError(f"{path}: an unlabeled case (no label to score against)")
             label = _dataset(f, "native_label", path)
     except OSError as exc:
         raise DataError(f"{path}: cannot open as HDF5 ({' '.join(str(exc).split())})") from exc
@@ -237,16 +215,18 @@ def canonical_shape(shape: Sequence[int], ornt: np.ndarray) -> tuple[int, int, i
 
 
 def preprocess_with_manifest(volume: Volume, manifest: dict[str, Any], scale: float) -> Tensor:
-    """A raw CT as a network trained on a prepared dataset saw its data: ``(1, X', Y', Z')`` float32.
+    """A raw scan as a network trained on a prepared dataset saw its data: ``(1, X', Y', Z')`` float32.
 
-    Canonical orientation, the manifest's window and normalisation (``window``, ``normalize``),
-    resampled to its target ``shape`` times ``scale`` (``data.scale``). ``volume.image`` must hold
+    Canonical orientation, the manifest's intensity scheme (``modality``: a CT window or the MR
+    percentile clip and z-score, :mod:`vasseg.data.preprocess`), resampled to its fixed ``shape``
+    or its ``target_spacing``, times ``scale`` (``data.scale``). A CT's ``volume.image`` must hold
     Hounsfield units. The manifest is the run's (:func:`manifest_for_run`) or the preprocessing
     record of an exported model file.
     """
-    hu = to_canonical(volume.image, canonical_ornt(volume.affine))
-    shape = scaled_shape(manifest["shape"], scale)
-    return torch.from_numpy(preprocess_image(hu, manifest["window"], manifest["normalize"], shape))[None]
+    ornt = canonical_ornt(volume.affine)
+    image = to_canonical(volume.image, ornt)
+    grid = target_shape(image.shape, canonical_spacing(volume.spacing, ornt), manifest)
+    return torch.from_numpy(preprocess_scan(image, manifest, scaled_shape(grid, scale)))[None]
 
 
 def labels_to_source(probs: Tensor, volume: Volume, run_dir: str | Path, exp: Experiment) -> np.ndarray:
@@ -283,10 +263,12 @@ def canonical_probs(probs: Tensor, volume: Volume) -> np.ndarray:
 class PreparedFormat(DataFormat):
     """``vasseg prepare`` output: scored on the prepared grid and on the original scan's.
 
-    Preprocessing record: ``{"kind": "prepared", "scale", "shape", "window", "normalize",
-    "label_map", "class_names"}`` (the manifest's, kept in the run folder as ``prepared.json``).
-    A new CT (Hounsfield units) is brought to canonical RAS+ order, windowed, rescaled and resampled
-    to ``shape`` times ``scale``; labels go back on the CT's own grid with the source ids.
+    Preprocessing record: ``{"kind": "prepared", "scale", "modality", "shape", "target_spacing",
+    "window", "normalize", "percentiles", "label_map", "class_names"}`` (the manifest's, kept in the
+    run folder as ``prepared.json``). A new scan is brought to canonical RAS+ order, normalised as
+    its modality says (CT in Hounsfield units: window + rescale; MR: percentile clip + z-score) and
+    resampled to ``shape`` (or its extent at ``target_spacing``) times ``scale``; labels go back on
+    the scan's own grid with the source ids.
     """
 
     @classmethod
@@ -301,6 +283,18 @@ class PreparedFormat(DataFormat):
         if missing := [i for i in ids if not case_path(root, i).is_file()]:
             raise DataError(f"{root}: {len(missing)} of {len(ids)} cases listed in {list_name} have no file: "
                             f"{', '.join(missing)}")
+
+    def check_split(self, split: Split) -> None:
+        """Labeled and validation ids need labels: ``vasseg prepare`` lists the unlabeled cases after
+        the labeled ones in train.list, so a ``data.labeled`` above the labeled count reaches them."""
+        cases = read_manifest(self.root)["cases"]
+        labeled = {i for i, record in cases.items() if record.get("labeled", True)}  # older manifests: all
+        for group, key in ((split.labeled, "data.labeled"), (split.val, "data.num_val")):
+            if bad := [i for i in group if i not in labeled]:
+                have = len(labeled & {*split.labeled, *split.unlabeled, *split.val})
+                raise ConfigError(f"{key}: case {bad[0]} of {self.root / self.data.train_list} has no label "
+                                  f"({len(bad)} such); the prepared dataset has {have} labeled training cases, "
+                                  f"so data.labeled + data.num_val must not exceed {have}")
 
     def read_case(self, case_id: str) -> Case:
         case = read_prepared_case(self.root, case_id)
@@ -321,8 +315,9 @@ class PreparedFormat(DataFormat):
 
     def preprocessing(self, run_dir: Path) -> Record:
         manifest = manifest_for_run(run_dir, self.exp)
-        keep = ("shape", "window", "normalize", "label_map", "class_names")
-        return {"kind": self.kind(), "scale": self.data.scale, **{k: manifest[k] for k in keep}}
+        keep = ("shape", "window", "normalize", "label_map", "class_names", "modality", "percentiles",
+                "target_spacing")
+        return {"kind": self.kind(), "scale": self.data.scale, **{k: manifest[k] for k in keep if k in manifest}}
 
     @classmethod
     def preprocess(cls, volume: Volume, record: Record) -> Tensor:

@@ -37,7 +37,9 @@ def experiment_split(exp: Experiment) -> Split:
     val_ids = exp.data.val_ids or None
     if exp.data.folds:
         val_ids = fold_val_ids(train_ids, exp.data.labeled, exp.data.folds, exp.data.fold)
-    return make_split(train_ids, exp.data.labeled, exp.data.num_val, val_ids)
+    split = make_split(train_ids, exp.data.labeled, exp.data.num_val, val_ids)
+    get_format(exp).check_split(split)
+    return split
 
 
 def load_cases(exp: Experiment, ids: list[str], progress: bool = True,

@@ -3,8 +3,9 @@
 INPUT is an image file (``.nii``, ``.nii.gz``, ``.h5``, ``.hdf5``), a folder (its image files, not
 recursive) or a quoted glob pattern. OUTPUT is a ``.nii``/``.nii.gz`` file (one input) or a folder
 (created if missing) receiving ``<case>.nii.gz`` per input, where ``<case>`` is the file name
-without its extension, or the parent folder's name where several inputs share a file name (the
-LA layout's ``<id>/mri_norm2.h5`` gives ``<id>.nii.gz``).
+without its extension (and without nnU-Net's channel suffix ``_0000`` when every input has one:
+``imagesTs/la_003_0000.nii.gz`` gives ``la_003.nii.gz``), or the parent folder's name where several
+inputs share a file name (the LA layout's ``<id>/mri_norm2.h5`` gives ``<id>.nii.gz``).
 
 Rules checked before the model is loaded: an output that is one of the inputs, or that already
 exists, is refused unless ``overwrite``. While case *i* runs on the device, case *i+1* is read and
@@ -126,8 +127,11 @@ def find_inputs(spec: str | Path) -> list[Path]:
 
 
 def case_names(inputs: list[Path]) -> list[str]:
-    """File names without extension; the parent folder's name where several inputs share one."""
+    """File names without extension (and without nnU-Net's channel suffix ``_0000`` when every input
+    has it, as nnU-Net names its predictions); the parent folder's name where several inputs share one."""
     stems = [strip_image_suffix(p.name) for p in inputs]
+    if all(s.endswith("_0000") and len(s) > 5 for s in stems):
+        stems = [s[: -len("_0000")] for s in stems]
     names = [p.parent.name if stems.count(s) > 1 else s for p, s in zip(inputs, stems)]
     for name, path in zip(names, inputs):
         if names.count(name) > 1:
