@@ -94,12 +94,19 @@ def test_disk_full_while_reporting_keeps_the_previous_report(run_copy: Path, tmp
 
 
 def test_report_refuses_a_folder_that_holds_other_files(run_copy: Path, tmp_path: Path, capsys) -> None:
-    """The report replaces its folder as a whole: it must never take other files with it."""
+    """A report must never take other files with it; --overwrite writes beside them."""
+    assert main(["evaluate", str(run_copy), "--out", str(run_copy / "eval" / "test_last"), *EVAL]) == 0
+    capsys.readouterr()
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
     line = cli_error(capsys, "report", str(run_copy), "--out", str(tmp_path / "mine"), *TABLES_ONLY)
-    assert f"{tmp_path / 'mine'}: holds 'notes.txt', which is not part of a vasseg report" in line
+    assert f"{tmp_path / 'mine'}: holds 'notes.txt', not written by vasseg report; give a new or empty folder, " \
+           f"or pass --overwrite" in line
     assert listing(tmp_path / "mine") == ["notes.txt"]
+    for _ in range(2):  # the second run replaces the first's report, never the note
+        assert main(["report", str(run_copy), "--out", str(tmp_path / "mine"), "--overwrite", *TABLES_ONLY]) == 0
+        assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+        assert (tmp_path / "mine" / "report.html").is_file() and hidden(tmp_path) == []
 
 
 # ------------------------------------------------------------------------------ read-only

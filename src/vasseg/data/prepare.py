@@ -31,12 +31,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
+
+from vasseg.outfolder import Owner, check_folder
+from vasseg.outfolder import publish as publish_folder
 
 if TYPE_CHECKING:
     import numpy as np
@@ -49,6 +51,9 @@ log = logging.getLogger(__name__)
 PAPER_SHAPE = (128, 128, 64)
 PAPER_WINDOW = (-200.0, 250.0)
 PAPER_TEST_FRACTION = 20 / 90  # the paper's 70 train / 20 test of 90 CTs
+# What prepare writes into --out (vasseg.outfolder: the overwrite rule); a rerun replaces its own
+# earlier dataset only with --overwrite.
+PREPARE_OUTPUT = Owner("prepare", ("cases", "train.list", "test.list", "prepared.json"), replaces_own=False)
 
 
 @dataclass(frozen=True)
@@ -131,10 +136,9 @@ def check_options(options: PrepareOptions, out: Path) -> None:
         raise _error(f"--normalize: {options.normalize!r} is not minmax or zscore")
     if not 0.0 <= options.test_fraction < 1.0:
         raise _error(f"--test-fraction: must be in [0, 1), got {options.test_fraction}")
-    if out.exists() and not options.overwrite:
-        raise _error(f"{out}: already exists; choose another --out or pass --overwrite")
     if not out.parent.is_dir():
         raise _error(f"{out}: parent folder {out.parent} does not exist")
+    check_folder(out, PREPARE_OUTPUT, options.overwrite)
 
 
 def _words(name: str) -> frozenset[str]:
@@ -346,13 +350,7 @@ def write_lists_and_manifest(tmp: Path, discovery: Discovery, label_map: LabelMa
 
 
 def publish(tmp: Path, out: Path, overwrite: bool) -> None:
-    """Rename the finished temporary folder to ``out`` (replacing it only with ``overwrite``)."""
-    old = None
-    if out.exists():
-        if not overwrite:
-            raise _error(f"{out}: appeared while preparing; not replaced")
-        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    """Rename the finished temporary folder to ``out``; an existing ``out`` keeps every entry that
+    is not an earlier prepare's (:mod:`vasseg.outfolder`)."""
+    check_folder(out, PREPARE_OUTPUT, overwrite)  # again: ``out`` may have changed while preparing
+    publish_folder(tmp, out, PREPARE_OUTPUT)

@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from vasseg.atomic import atomic_write_bytes
 from vasseg.io import HDF5_SUFFIXES, NIFTI_SUFFIXES, ImageIOError, Volume, check_label_output, write_label_nifti
+from vasseg.outfolder import Owner, add_to_marker, check_folder
 
 if TYPE_CHECKING:
     from vasseg.api import Model, Prediction
@@ -45,6 +46,9 @@ IMAGE_SUFFIXES = NIFTI_SUFFIXES + HDF5_SUFFIXES
 # A case's own failure: bad file or geometry (ValueError covers ImageIOError and DataError),
 # a write error, a volume too large for the device. Anything else is a bug and stops the command.
 CASE_ERRORS = (ValueError, OSError, torch.OutOfMemoryError)
+# An output folder: its label maps and probabilities (vasseg.outfolder: the overwrite rule). A folder
+# of NIfTI files without predict's marker is never taken for predict's output: it may hold scans.
+PREDICT_OUTPUT = Owner("predict", ("*.nii.gz", "*.nii", "*.npz"), legacy=False)
 
 
 class PredictionFailed(ValueError):
@@ -73,6 +77,7 @@ class Job:
     name: str
     labels: Path
     probs: Path | None
+    folder: Path | None = None  # the output folder (its marker lists what was written), or None
 
 
 @dataclass
@@ -160,7 +165,7 @@ def plan_jobs(inputs: list[Path], output: Path, save_probabilities: bool) -> lis
     jobs = []
     for source, name in zip(inputs, case_names(inputs)):
         labels = output / f"{name}.nii.gz"
-        jobs.append(Job(source, name, labels, _npz(labels) if save_probabilities else None))
+        jobs.append(Job(source, name, labels, _npz(labels) if save_probabilities else None, output))
     return jobs
 
 
@@ -266,6 +271,9 @@ def predict_paths(model: str | Path | Model, input_spec: str | Path, output: str
 
     jobs = plan_jobs(find_inputs(input_spec), Path(output), options.save_probabilities)
     check_jobs(jobs, options.overwrite)
+    if jobs[0].folder is not None:
+        names = [out.name for job in jobs for out in filter(None, (job.labels, job.probs))]
+        check_folder(jobs[0].folder, PREDICT_OUTPUT, options.overwrite, names)
     geometry = make_geometry(options, jobs)
     if not isinstance(model, Model):
         model = load_model(model, options.checkpoint, options.device)
@@ -334,6 +342,8 @@ def write_job(job: Job, volume: Volume, pred: Prediction, model: Model) -> None:
         if job.probs is not None:
             job.probs.unlink(missing_ok=True)
         raise
+    if job.folder is not None:
+        add_to_marker(job.folder, PREDICT_OUTPUT, [p.name for p in (job.labels, job.probs) if p is not None])
     log.info("%s -> %s (%d voxels labelled foreground)", job.source, job.labels, int((pred.labels > 0).sum()))
 
 

@@ -22,14 +22,15 @@ from vasseg.config import ConfigError, Experiment
 from vasseg.data.setup import DataBundle, build_data, data_root, iter_cases
 from vasseg.data.splits import read_id_list, read_split
 from vasseg.data.volumes import DataError, check_training_cases
-from vasseg.engine.evaluate import evaluate_cases, summarize_rows, write_results
+from vasseg.engine.evaluate import EVAL_OUTPUT, evaluate_cases, summarize_rows, write_results
 from vasseg.engine.loading import load_run
 from vasseg.engine.setup import build_method, prepare_run_dir, run_dir_for, seed_everything, select_device
 from vasseg.engine import distributed
 from vasseg.engine.distributed import DistInfo
 from vasseg.engine.lock import run_lock
 from vasseg.engine.trainer import Trainer
-from vasseg.atomic import check_output_dir, published_dir
+from vasseg.atomic import check_output_dir
+from vasseg.outfolder import check_folder, published_folder
 from vasseg.methods import get_method
 
 log = logging.getLogger(__name__)
@@ -152,7 +153,7 @@ def evaluate_val_split(exp: Experiment, trainer: Trainer, data: DataBundle, run_
                        device: torch.device) -> None:
     """Score the last weights on the validation split into ``run_dir/eval/val_last``."""
     rows = evaluate_cases(trainer.method, data.val, exp, device, progress=exp.train.progress)
-    with published_dir(run_dir / "eval" / "val_last", "the evaluation results") as tmp:
+    with published_folder(run_dir / "eval" / "val_last", EVAL_OUTPUT, "the evaluation results") as tmp:
         table = write_results(rows, summarize_rows(rows), tmp, exp.method.name, str(exp.data.labeled),
                               "Validation split, last checkpoint.", exp.data.class_names)
     log.info("validation split, last checkpoint:\n%s", table)
@@ -186,11 +187,12 @@ def split_ids(exp: Experiment, run_dir: Path, split: str) -> tuple[list[str], st
 
 def evaluate_run(target: str | Path, split: str = "val", checkpoint: str = "last",
                  data_root: str | None = None, device: str = "auto", out: str | None = None,
-                 progress: bool = True) -> tuple[Path, str]:
+                 progress: bool = True, overwrite: bool = False) -> tuple[Path, str]:
     """Evaluate a run (or checkpoint) on a split; returns the output folder and the table.
 
     Cases are read one at a time (memory does not grow with their number); the output folder
-    appears complete or not at all.
+    appears complete or not at all. ``out`` holding files evaluate did not write is refused unless
+    ``overwrite``, and even then they stay (:mod:`vasseg.outfolder`).
     """
     overrides = (f"data.root={data_root}",) if data_root else ()
     dev = select_device(device)
@@ -199,11 +201,11 @@ def evaluate_run(target: str | Path, split: str = "val", checkpoint: str = "last
     ids, source = split_ids(exp, loaded.run_dir, split)
     name = Path(split).stem if Path(split).is_file() else split
     out_dir = Path(out).expanduser() if out else loaded.run_dir / "eval" / f"{name}_{loaded.checkpoint.stem}"
-    check_output_dir(out_dir)
+    check_folder(out_dir, EVAL_OUTPUT, overwrite)
     cases = iter_cases(exp, ids, source)
     rows = evaluate_cases(loaded.method, cases, exp, dev, progress=progress, total=len(ids))
     note = f"Split '{name}' ({len(ids)} cases), checkpoint {loaded.checkpoint.name} (step {loaded.step})."
-    with published_dir(out_dir, "the evaluation results") as tmp:
+    with published_folder(out_dir, EVAL_OUTPUT, "the evaluation results") as tmp:
         table = write_results(rows, summarize_rows(rows), tmp, exp.method.name, str(exp.data.labeled), note,
                               exp.data.class_names)
     return out_dir, table
