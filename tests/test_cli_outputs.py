@@ -143,13 +143,13 @@ def test_read_only_output_folders_of_every_command(read_only: Path, run_copy: Pa
 def test_disk_full_while_logging_scalars_names_the_file(phantom_root: Path, tmp_path: Path, capsys,
                                                         monkeypatch) -> None:
     from vasseg.config import build_experiment
-    from vasseg.engine.run import absolute_out_dir
+    from vasseg.config import absolute_paths
     from vasseg.engine.setup import run_dir_for
 
     raw = tiny_raw(phantom_root, tmp_path / "runs", "supervised", data={"num_val": 0},
                    train={"iterations": 4, "ckpt_every": 2, "log_every": 1})
     config = write_config(tmp_path / "exp.yaml", raw)
-    scalars = run_dir_for(absolute_out_dir(build_experiment(raw))) / "scalars.jsonl"
+    scalars = run_dir_for(absolute_paths(build_experiment(raw))) / "scalars.jsonl"
     FullDisk(monkeypatch, scalars, room=0)  # only this file meets the full disk
     line = cli_error(capsys, "train", "--config", str(config), "--quiet")
     assert line == (f"vasseg train: error: {scalars}: could not append scalars (No space left on device); the "

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import hashlib
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +22,7 @@ from typing import Any, Literal, Mapping, Sequence
 import yaml
 
 from vasseg import registry
+from vasseg.identity import identity_hash
 
 # ConfigError lives beside the typed builder; callers import it from here too.
 from vasseg.typed import ConfigError, build_dataclass
@@ -328,13 +327,30 @@ def resolve_data_root(raw: dict[str, Any], config_dir: Path) -> dict[str, Any]:
 
 
 def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Experiment:
-    """Load a YAML experiment (or the defaults when ``path`` is None) and apply overrides."""
+    """Load a YAML experiment (or the defaults when ``path`` is None) and apply overrides.
+
+    Relative paths of overrides resolve against the working folder (:func:`absolute_paths`).
+    """
     raw: dict[str, Any] = {}
     if path is not None:
         path = Path(path).expanduser().resolve()
         raw = resolve_data_root(read_yaml(path), path.parent)
     raw = apply_overrides(raw, overrides)
-    return build_experiment(raw)
+    return absolute_paths(build_experiment(raw))
+
+
+def _absolute(path: str) -> str:
+    return str(Path(path).expanduser().resolve()) if path else path
+
+
+def absolute_paths(exp: Experiment) -> Experiment:
+    """``data.root``, ``train.init_from`` and ``run.out_dir`` as resolved absolute paths (relative
+    ones against the working folder): the run's ``config.yaml`` then means the same from anywhere,
+    and ``ph``, ``./ph/`` and ``/abs/ph`` are one spelling."""
+    return dataclasses.replace(
+        exp, data=dataclasses.replace(exp.data, root=_absolute(exp.data.root)),
+        train=dataclasses.replace(exp.train, init_from=_absolute(exp.train.init_from)),
+        run=dataclasses.replace(exp.run, out_dir=_absolute(exp.run.out_dir)))
 
 
 def to_dict(exp: Experiment) -> dict[str, Any]:
@@ -357,15 +373,8 @@ def dump_yaml(exp: Experiment) -> str:
 
 
 def config_hash(exp: Experiment) -> str:
-    """Short hash of everything that changes the result (the ``run`` section excluded)."""
-    content = to_dict(exp)
-    content.pop("run")
-    for key in ("progress", "log_every"):
-        content["train"].pop(key)
-    if not content["train"]["init_from"]:
-        del content["train"]["init_from"]  # runs made before the option keep their folder names
-    blob = json.dumps(content, sort_keys=True).encode()
-    return hashlib.sha256(blob).hexdigest()[:8]
+    """Short hash of everything that changes the result (:mod:`vasseg.identity`)."""
+    return identity_hash(to_dict(exp))
 
 
 def run_name(exp: Experiment) -> str:

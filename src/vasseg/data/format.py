@@ -91,6 +91,10 @@ class DataFormat:
         """One case on the model's grid (``data.scale`` applied); validated by the caller."""
         raise NotImplementedError
 
+    def case_file(self, case_id: str) -> Path | None:
+        """The file holding one case (its size identifies the data when ``data.root`` moves), or None."""
+        return None
+
     def load_cases(self, ids: Sequence[str], progress: bool = True, list_name: str = "the id list") -> VolumeSet:
         """The cases ``ids`` on the CPU; every id is checked before any file is read."""
         self.check_cases(ids, list_name)

@@ -225,6 +225,9 @@ class LAFormat(DataFormat):
         case = read_la_case(self.root, case_id, d.num_classes, d.spacing, d.intensity)
         return rescale_case(case, d.scale, d.num_classes)
 
+    def case_file(self, case_id: str) -> Path:
+        return case_path(self.root, case_id)
+
     def preprocessing(self, run_dir: Path) -> Record:
         return {**super().preprocessing(run_dir), "intensity": self.data.intensity}
 

@@ -10,7 +10,6 @@ evaluation results appear as a complete folder or not at all.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import shutil
 import sys
@@ -18,13 +17,21 @@ from pathlib import Path
 
 import torch
 
-from vasseg.config import ConfigError, Experiment
+from vasseg.config import ConfigError, Experiment, absolute_paths
 from vasseg.data.setup import DataBundle, build_data, data_root, iter_cases
 from vasseg.data.splits import read_id_list, read_split
 from vasseg.data.volumes import DataError, check_training_cases
 from vasseg.engine.evaluate import EVAL_OUTPUT, evaluate_cases, summarize_rows, write_results
 from vasseg.engine.loading import load_run
-from vasseg.engine.setup import build_method, prepare_run_dir, run_dir_for, seed_everything, select_device
+from vasseg.engine.resume import no_checkpoint_error
+from vasseg.engine.setup import (
+    build_method,
+    has_checkpoint,
+    prepare_run_dir,
+    run_dir_for,
+    seed_everything,
+    select_device,
+)
 from vasseg.engine import distributed
 from vasseg.engine.distributed import DistInfo
 from vasseg.engine.lock import run_lock
@@ -34,12 +41,6 @@ from vasseg.outfolder import check_folder, published_folder
 from vasseg.methods import get_method
 
 log = logging.getLogger(__name__)
-
-
-def absolute_out_dir(exp: Experiment) -> Experiment:
-    """Record the output folder as an absolute path so the run can be resumed from anywhere."""
-    out = str(Path(exp.run.out_dir).expanduser().resolve())
-    return dataclasses.replace(exp, run=dataclasses.replace(exp.run, out_dir=out))
 
 
 class RunLogHandler(logging.FileHandler):
@@ -74,8 +75,8 @@ def start_trainer(exp: Experiment, data: DataBundle, run_dir: Path, device: torc
     trainer = Trainer(exp, build_method(exp), data, run_dir, device, info.rank, info.world_size)
     if resume and trainer.resume():
         return trainer
-    if resume:
-        log.info("no checkpoint to resume in %s: starting from step 0", run_dir)
+    if resume:  # checked before the data were read; a checkpoint that vanished since ends up here
+        raise no_checkpoint_error(exp, run_dir)
     if exp.train.init_from:
         from vasseg.export import init_student
 
@@ -89,8 +90,9 @@ def train_experiment(exp: Experiment, resume: bool = False, evaluate_val: bool =
 
     Under ``torchrun`` every process calls this; rank 0 alone writes the run folder and holds
     its lock (:mod:`vasseg.engine.lock`) from before the folder is made until training ends.
+    ``resume`` without a checkpoint of this configuration is an error naming the nearest runs.
     """
-    exp = absolute_out_dir(exp)
+    exp = absolute_paths(exp)
     method_cls = get_method(exp.method.name)
     info, device = distributed.init_distributed(exp.train.device)
     try:
@@ -121,7 +123,9 @@ def _train_in_run_dir(exp: Experiment, data: DataBundle, resume: bool, evaluate_
 def _open_run_dir(exp: Experiment, data: DataBundle, resume: bool, info: DistInfo) -> Path:
     """Rank 0 creates the run folder; the other ranks wait for it."""
     run_dir = run_dir_for(exp)
-    if not resume and (run_dir / "checkpoints" / "latest").exists():
+    if resume and not has_checkpoint(run_dir):  # under the lock: a training in progress is named first
+        raise no_checkpoint_error(exp, run_dir)
+    if not resume and has_checkpoint(run_dir):
         # Checked on every rank, so that no rank waits at the barrier for a rank 0 that failed.
         raise ConfigError(f"{run_dir}: a run with this configuration already has checkpoints; "
                           f"resume it with --resume or choose another run.name / run.out_dir")
@@ -140,7 +144,7 @@ def _open_run_dir(exp: Experiment, data: DataBundle, resume: bool, info: DistInf
 def _start_or_clean(exp: Experiment, data: DataBundle, run_dir: Path, device: torch.device,
                     resume: bool, info: DistInfo) -> Trainer:
     """Build the trainer; a run folder that never reached its first step is removed on failure."""
-    had_checkpoint = (run_dir / "checkpoints" / "latest").exists()
+    had_checkpoint = has_checkpoint(run_dir)
     try:
         return start_trainer(exp, data, run_dir, device, resume, info)
     except BaseException:

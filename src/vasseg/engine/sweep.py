@@ -169,7 +169,10 @@ def child_env(jobs_at_once: int, on_cpu: bool) -> dict[str, str]:
 
 
 def start_train(job: Job, out: Path, resume: bool, env: dict[str, str]) -> None:
+    from vasseg.engine.setup import has_checkpoint
+
     job.log_path = out / "logs" / f"{job.name}.log"
+    resume = resume and has_checkpoint(job.run_dir)  # a job that never saved one starts afresh
     cmd = [sys.executable, "-m", "vasseg", "train", "--quiet", *(["--resume"] if resume else []),
            "--config", job.config, f"train.seed={job.seed}", f"run.out_dir={out}", *job.overrides]
     with job.log_path.open("a" if resume else "w") as fh:
