@@ -22,7 +22,7 @@ from typing import Any, Literal, Mapping, Sequence
 import yaml
 
 from vasseg import registry
-from vasseg.identity import identity_hash
+from vasseg.identity import absolute_paths, identity_hash
 
 # ConfigError lives beside the typed builder; callers import it from here too.
 from vasseg.typed import ConfigError, build_dataclass
@@ -276,12 +276,36 @@ def _parse_yaml_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: config is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at "
                           f"offset {exc.start}); save it as UTF-8") from None
     try:
-        data = yaml.safe_load(text) or {}
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
+    except _DuplicateKey as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+    if data is None:
+        raise ConfigError(f"{path}: config file is empty")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
-    return data
+    for name, value in data.items():
+        if name in (*SECTIONS, "method") and value is not None and not isinstance(value, dict):
+            raise ConfigError(f"{path}: section '{name}' must be a mapping of keys, got {value!r}")
+    return {k: {} if k in (*SECTIONS, "method") and v is None else v for k, v in data.items()}
+
+
+class _DuplicateKey(yaml.YAMLError):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (it keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise _DuplicateKey(f"key {key!r} given twice (line {key_node.start_mark.line + 1}); keep one")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 def merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -337,20 +361,6 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Exper
         raw = resolve_data_root(read_yaml(path), path.parent)
     raw = apply_overrides(raw, overrides)
     return absolute_paths(build_experiment(raw))
-
-
-def _absolute(path: str) -> str:
-    return str(Path(path).expanduser().resolve()) if path else path
-
-
-def absolute_paths(exp: Experiment) -> Experiment:
-    """``data.root``, ``train.init_from`` and ``run.out_dir`` as resolved absolute paths (relative
-    ones against the working folder): the run's ``config.yaml`` then means the same from anywhere,
-    and ``ph``, ``./ph/`` and ``/abs/ph`` are one spelling."""
-    return dataclasses.replace(
-        exp, data=dataclasses.replace(exp.data, root=_absolute(exp.data.root)),
-        train=dataclasses.replace(exp.train, init_from=_absolute(exp.train.init_from)),
-        run=dataclasses.replace(exp.run, out_dir=_absolute(exp.run.out_dir)))
 
 
 def to_dict(exp: Experiment) -> dict[str, Any]:

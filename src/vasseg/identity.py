@@ -7,14 +7,20 @@ resume the data's content is compared instead, :mod:`vasseg.engine.resume`). The
 hash (:func:`identity_hash`) and the resume check (:func:`changed_settings`) both use
 :func:`result_settings`, so a run resumes under any spelling of its paths or device.
 
-Everything here works on the plain mapping of :func:`vasseg.config.to_dict`.
+The locations are stored resolved and absolute (:func:`absolute_paths`); the rest works on the
+plain mapping of :func:`vasseg.config.to_dict`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from vasseg.config import Experiment
 
 # Section -> keys that do not change the result (None: the whole section).
 NEUTRAL: dict[str, tuple[str, ...] | None] = {
@@ -57,3 +63,17 @@ def changed_settings(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         elif x != y:
             changed.append(section)
     return changed
+
+
+def _absolute(path: str) -> str:
+    return str(Path(path).expanduser().resolve()) if path else path
+
+
+def absolute_paths(exp: Experiment) -> Experiment:
+    """``data.root``, ``train.init_from`` and ``run.out_dir`` as resolved absolute paths (relative
+    ones against the working folder): the run's ``config.yaml`` then means the same from anywhere,
+    and ``ph``, ``./ph/`` and ``/abs/ph`` are one spelling."""
+    return dataclasses.replace(
+        exp, data=dataclasses.replace(exp.data, root=_absolute(exp.data.root)),
+        train=dataclasses.replace(exp.train, init_from=_absolute(exp.train.init_from)),
+        run=dataclasses.replace(exp.run, out_dir=_absolute(exp.run.out_dir)))

@@ -199,7 +199,7 @@ def evaluate_run(target: str | Path, split: str = "val", checkpoint: str = "last
     ``overwrite``, and even then they stay (:mod:`vasseg.outfolder`).
     """
     overrides = (f"data.root={data_root}",) if data_root else ()
-    dev = select_device(device)
+    dev = select_device(device, "--device")
     loaded = load_run(target, checkpoint, dev, overrides)
     exp = loaded.exp
     ids, source = split_ids(exp, loaded.run_dir, split)

@@ -10,6 +10,7 @@ import logging
 import os
 import platform
 import random
+import re
 import sys
 from pathlib import Path
 
@@ -36,13 +37,25 @@ from vasseg.methods.base import Method
 log = logging.getLogger(__name__)
 
 
-def select_device(spec: str) -> torch.device:
-    """``auto`` picks CUDA when available; an explicit CUDA request without CUDA is an error."""
-    if spec == "auto":
+DEVICE_FORMS = "auto, cpu, cuda or cuda:N"
+_DEVICE = re.compile(r"(cpu|cuda|mps)(:\d+)?")
+
+
+def select_device(spec: str, option: str = "train.device") -> torch.device:
+    """``auto`` picks CUDA when available; a malformed spec or a device this machine lacks is one
+    ConfigError naming ``option`` (the setting the user gave: ``train.device``, ``--device``, ...)."""
+    text = str(spec).strip()
+    if text == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(spec)
+    if not _DEVICE.fullmatch(text) or text.startswith("cpu:"):
+        raise ConfigError(f"{option}: {spec!r} is not a device; use {DEVICE_FORMS}")
+    device = torch.device(text)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device: {spec!r} requested but this torch build sees no CUDA device")
+        raise ConfigError(f"{option}: {spec!r} requested but this torch build sees no CUDA device")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"{option}: {spec!r} requested but only {torch.cuda.device_count()} CUDA devices exist")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"{option}: {spec!r} requested but this machine has no MPS device; use {DEVICE_FORMS}")
     return device
 
 

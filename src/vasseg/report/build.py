@@ -52,7 +52,8 @@ def make_context(paths: list[str | Path], out_dir: Path, options: ReportOptions)
     evaluated = with_results(groups)
     reference = choose_reference(evaluated or groups, options.reference)
     groups, evaluated = reference_first(groups, reference), reference_first(evaluated, reference)
-    return Context(options, out_dir, records, groups, evaluated, reference, select_device(options.device))
+    device = select_device(options.device, "--device")
+    return Context(options, out_dir, records, groups, evaluated, reference, device)
 
 
 def reference_first(groups: list[Group], reference: str) -> list[Group]:
