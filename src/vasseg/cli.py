@@ -66,7 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "<case>.nii.gz)")
     p.add_argument("--spacing", type=float, nargs=3, metavar=("X", "Y", "Z"),
                    help=".h5 inputs without --reference: voxel size in mm (default: the model's data.spacing)")
-    p.add_argument("--overwrite", action="store_true", help="replace existing outputs (even an input image)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing outputs: a single output file (even an input image), or in a folder "
+                        "predict's own earlier label maps (other files there stay)")
     _add_common(p)
 
     p = sub.add_parser("export", help="write a run's network as one portable model file (.safetensors)")

@@ -173,8 +173,8 @@ def check_volume_size(path: Path, shape: tuple[int, ...], itemsize: int, stored:
     decompress to) or whose float32 image would exceed :func:`memory_limit`, before allocating it."""
     voxels = int(np.prod([int(s) for s in shape], dtype=object))
     if stored is not None and voxels * itemsize > stored:
-        raise _error(path, f"header claims shape {tuple(shape)} ({voxels * itemsize / 2**20:.0f} MiB of voxels) "
-                           f"but the file is only {path.stat().st_size} bytes: a corrupt header")
+        raise _error(path, f"cannot read NIfTI: its header's shape {tuple(shape)} needs {voxels * itemsize} bytes "
+                           f"of voxels, the file holds {path.stat().st_size} (truncated, or a corrupt header)")
     if voxels * 4 > memory_limit():
         raise _error(path, f"shape {tuple(shape)} needs {voxels * 4 / 2**30:.1f} GiB as float32, over the limit "
                            f"of {memory_limit() / 2**30:.1f} GiB (half this machine's memory)")
