@@ -17,10 +17,9 @@ import dataclasses
 import hashlib
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeVar
 
-if TYPE_CHECKING:
-    from vasseg.config import Experiment
+Exp = TypeVar("Exp")  # vasseg.config.Experiment (this foundation module imports nothing of vasseg)
 
 # Section -> keys that do not change the result (None: the whole section).
 NEUTRAL: dict[str, tuple[str, ...] | None] = {
@@ -69,7 +68,7 @@ def _absolute(path: str) -> str:
     return str(Path(path).expanduser().resolve()) if path else path
 
 
-def absolute_paths(exp: Experiment) -> Experiment:
+def absolute_paths(exp: Exp) -> Exp:
     """``data.root``, ``train.init_from`` and ``run.out_dir`` as resolved absolute paths (relative
     ones against the working folder): the run's ``config.yaml`` then means the same from anywhere,
     and ``ph``, ``./ph/`` and ``/abs/ph`` are one spelling."""
