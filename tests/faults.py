@@ -69,5 +69,9 @@ class FullDisk:
 
 
 def hidden(folder: Path) -> list[str]:
-    """Temporary leftovers (names starting with a dot) anywhere under ``folder``."""
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob(".*")) if folder.exists() else []
+    """Temporary leftovers (names starting with a dot, not an output folder's marker) under ``folder``."""
+    from vasseg.outfolder import MARKER
+
+    if not folder.exists():
+        return []
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob(".*") if p.name != MARKER)

@@ -53,7 +53,8 @@ def test_arrays_tensors_and_files_give_the_same_labels(run: Path, phantom_root: 
 
 def test_bad_inputs_are_one_line_errors(run: Path, tmp_path: Path) -> None:
     model = vasseg.load_model(run, device="cpu")
-    with pytest.raises(ValueError, match=r"^image: expected a 3-D array \(X, Y, Z\), got shape \(4, 4\)$"):
+    with pytest.raises(ValueError, match=r"^image: expected a 3-D array \(X, Y, Z\), \(1, X, Y, Z\) or \(X, Y, Z, 1\), got "
+                                         r"shape \(4, 4\)$"):
         model.predict(np.zeros((4, 4)))
     with pytest.raises(ValueError, match="finite"):
         model.predict(np.full((8, 8, 8), np.nan))

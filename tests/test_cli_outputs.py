@@ -94,12 +94,19 @@ def test_disk_full_while_reporting_keeps_the_previous_report(run_copy: Path, tmp
 
 
 def test_report_refuses_a_folder_that_holds_other_files(run_copy: Path, tmp_path: Path, capsys) -> None:
-    """The report replaces its folder as a whole: it must never take other files with it."""
+    """A report must never take other files with it; --overwrite writes beside them."""
+    assert main(["evaluate", str(run_copy), "--out", str(run_copy / "eval" / "test_last"), *EVAL]) == 0
+    capsys.readouterr()
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
     line = cli_error(capsys, "report", str(run_copy), "--out", str(tmp_path / "mine"), *TABLES_ONLY)
-    assert f"{tmp_path / 'mine'}: holds 'notes.txt', which is not part of a vasseg report" in line
+    assert f"{tmp_path / 'mine'}: holds 'notes.txt', not written by vasseg report; give a new or empty folder, " \
+           f"or pass --overwrite" in line
     assert listing(tmp_path / "mine") == ["notes.txt"]
+    for _ in range(2):  # the second run replaces the first's report, never the note
+        assert main(["report", str(run_copy), "--out", str(tmp_path / "mine"), "--overwrite", *TABLES_ONLY]) == 0
+        assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+        assert (tmp_path / "mine" / "report.html").is_file() and hidden(tmp_path) == []
 
 
 # ------------------------------------------------------------------------------ read-only
@@ -136,13 +143,13 @@ def test_read_only_output_folders_of_every_command(read_only: Path, run_copy: Pa
 def test_disk_full_while_logging_scalars_names_the_file(phantom_root: Path, tmp_path: Path, capsys,
                                                         monkeypatch) -> None:
     from vasseg.config import build_experiment
-    from vasseg.engine.run import absolute_out_dir
+    from vasseg.config import absolute_paths
     from vasseg.engine.setup import run_dir_for
 
     raw = tiny_raw(phantom_root, tmp_path / "runs", "supervised", data={"num_val": 0},
                    train={"iterations": 4, "ckpt_every": 2, "log_every": 1})
     config = write_config(tmp_path / "exp.yaml", raw)
-    scalars = run_dir_for(absolute_out_dir(build_experiment(raw))) / "scalars.jsonl"
+    scalars = run_dir_for(absolute_paths(build_experiment(raw))) / "scalars.jsonl"
     FullDisk(monkeypatch, scalars, room=0)  # only this file meets the full disk
     line = cli_error(capsys, "train", "--config", str(config), "--quiet")
     assert line == (f"vasseg train: error: {scalars}: could not append scalars (No space left on device); the "

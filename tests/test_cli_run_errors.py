@@ -103,7 +103,7 @@ def test_predict_output_folder_missing_or_a_file(trained: Path, image: Path, tmp
     assert f"{out}: output directory {out.parent} does not exist" in _predict(capsys, trained, image, out)
     (tmp_path / "afile").write_text("")
     out = tmp_path / "afile" / "pred.nii.gz"
-    assert f"{out}: output directory" in _predict(capsys, trained, image, out)
+    assert f"{out}: {tmp_path / 'afile'} is a file, not a folder" in _predict(capsys, trained, image, out)
 
 
 def test_predict_writes_nothing_when_the_write_fails(trained: Path, image: Path, tmp_path: Path, capsys,

@@ -1,4 +1,4 @@
-"""Imports go down the layers: foundation (typed, registry) -> config -> data -> models -> methods ->
+"""Imports go down the layers: foundation (typed, registry, identity) -> config -> data -> models -> methods ->
 engine -> report -> demo / cli. Checked on the source (ast), plus what ``import vasseg.config`` loads."""
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "vasseg"
 FORBIDDEN: dict[str, tuple[str, ...]] = {
     "registry": ("*",),
     "typed": ("*",),
-    "config": ("*", "!typed", "!registry"),
+    "identity": ("*",),
+    "config": ("*", "!typed", "!registry", "!identity"),
+    "outfolder": ("*", "!atomic", "!typed"),
     "data": ("models", "methods", "engine", "report", "export", "api", "demo", "cli"),
     "models": ("data", "methods", "engine", "report", "export", "api", "demo", "cli"),
     "methods": ("engine", "report", "export", "api", "demo", "cli"),

@@ -113,8 +113,13 @@ def array_volume(x: ArrayLike, spacing: tuple[float, ...]) -> Volume:
     array = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
     if array.ndim == 4 and array.shape[0] == 1:
         array = array[0]
-    if array.ndim != 3 or 0 in array.shape:
-        raise ValueError(f"image: expected a 3-D array (X, Y, Z), got shape {array.shape}")
+    elif array.ndim == 4 and array.shape[3] == 1:
+        array = array[..., 0]  # (X, Y, Z, 1), as a one-volume 4-D NIfTI holds it
+    if 0 in array.shape:
+        raise ValueError(f"image: empty array (shape {array.shape})")
+    if array.ndim != 3:
+        raise ValueError(f"image: expected a 3-D array (X, Y, Z), (1, X, Y, Z) or (X, Y, Z, 1), got shape "
+                         f"{array.shape}")
     if array.dtype.kind not in "biuf" or not np.isfinite(array).all():
         raise ValueError("image: expected finite real values")
     triple = (float(spacing[0]), float(spacing[1]), float(spacing[2]))
@@ -137,7 +142,7 @@ def load_model(path: str | Path, checkpoint: str = "last", device: str | torch.d
     from vasseg.engine.setup import select_device
     from vasseg.export import is_model_file, load_model_file
 
-    dev = device if isinstance(device, torch.device) else select_device(device)
+    dev = device if isinstance(device, torch.device) else select_device(device, "device")
     path = Path(path).expanduser()
     if is_model_file(path):
         loaded, model_file = load_model_file(path, dev, which=checkpoint)

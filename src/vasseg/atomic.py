@@ -128,16 +128,22 @@ def _swap_dir(new: Path, final: Path) -> None:
 
 
 @contextmanager
-def published_dir(final: Path | str, what: str) -> Iterator[Path]:
-    """:func:`atomic_dir`, and storage refusing a write (disk full, quota, read-only) becomes one
-    `WriteError` line naming ``final``: the write itself usually fails without naming its file."""
-    final = Path(final)
+def storage_errors(final: Path, what: str) -> Iterator[None]:
+    """Storage refusing a write (disk full, quota, read-only) becomes one `WriteError` line naming
+    ``final``: the write itself usually fails without naming its file."""
     try:
-        with atomic_dir(final) as tmp:
-            yield tmp
+        yield
     except OSError as exc:
         if exc.errno not in STORAGE_ERRORS:
             raise
         kept = "the previous one is untouched" if final.exists() else "nothing was left behind"
         where = f": {exc.filename}" if exc.filename else ""
         raise WriteError(f"{final}: could not write {what} ({exc.strerror}{where}); {kept}") from None
+
+
+@contextmanager
+def published_dir(final: Path | str, what: str) -> Iterator[Path]:
+    """:func:`atomic_dir`, with :func:`storage_errors`."""
+    final = Path(final)
+    with storage_errors(final, what), atomic_dir(final) as tmp:
+        yield tmp

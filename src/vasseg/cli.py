@@ -15,6 +15,8 @@ log = logging.getLogger("vasseg")
 
 
 DEVICE_HELP = "auto (CUDA when available, default), cpu, cuda or cuda:N"
+OVERWRITE_FOLDER_HELP = ("write into an output folder that holds other files; only this command's own earlier "
+                         "output is replaced, other files stay")
 CHECKPOINT_HELP = "for a run folder: last (default) or best (validation-selected)"
 
 
@@ -47,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default="last", help="last (default) or best (validation-selected)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--out", help="output folder (default: <run>/eval/<split>_<checkpoint>)")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_FOLDER_HELP)
     _add_common(p)
 
     p = sub.add_parser("predict", help="segment images (a file, a folder or a glob) into NIfTI label maps")
@@ -63,7 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "<case>.nii.gz)")
     p.add_argument("--spacing", type=float, nargs=3, metavar=("X", "Y", "Z"),
                    help=".h5 inputs without --reference: voxel size in mm (default: the model's data.spacing)")
-    p.add_argument("--overwrite", action="store_true", help="replace existing outputs (even an input image)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing outputs: a single output file (even an input image), or in a folder "
+                        "predict's own earlier label maps (other files there stay)")
     _add_common(p)
 
     p = sub.add_parser("export", help="write a run's network as one portable model file (.safetensors)")
@@ -153,7 +158,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from vasseg.engine.run import evaluate_run
 
     out_dir, table = evaluate_run(args.run, args.split, args.checkpoint, args.data_root, args.device,
-                                  args.out, progress=not args.quiet)
+                                  args.out, progress=not args.quiet, overwrite=args.overwrite)
     print(table)
     print(f"results: {out_dir}")
     return 0

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import hashlib
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +22,7 @@ from typing import Any, Literal, Mapping, Sequence
 import yaml
 
 from vasseg import registry
+from vasseg.identity import absolute_paths, identity_hash
 
 # ConfigError lives beside the typed builder; callers import it from here too.
 from vasseg.typed import ConfigError, build_dataclass
@@ -277,12 +276,36 @@ def _parse_yaml_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: config is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at "
                           f"offset {exc.start}); save it as UTF-8") from None
     try:
-        data = yaml.safe_load(text) or {}
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
+    except _DuplicateKey as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+    if data is None:
+        raise ConfigError(f"{path}: config file is empty")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
-    return data
+    for name, value in data.items():
+        if name in (*SECTIONS, "method") and value is not None and not isinstance(value, dict):
+            raise ConfigError(f"{path}: section '{name}' must be a mapping of keys, got {value!r}")
+    return {k: {} if k in (*SECTIONS, "method") and v is None else v for k, v in data.items()}
+
+
+class _DuplicateKey(yaml.YAMLError):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (it keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise _DuplicateKey(f"key {key!r} given twice (line {key_node.start_mark.line + 1}); keep one")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 def merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -328,13 +351,16 @@ def resolve_data_root(raw: dict[str, Any], config_dir: Path) -> dict[str, Any]:
 
 
 def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Experiment:
-    """Load a YAML experiment (or the defaults when ``path`` is None) and apply overrides."""
+    """Load a YAML experiment (or the defaults when ``path`` is None) and apply overrides.
+
+    Relative paths of overrides resolve against the working folder (:func:`absolute_paths`).
+    """
     raw: dict[str, Any] = {}
     if path is not None:
         path = Path(path).expanduser().resolve()
         raw = resolve_data_root(read_yaml(path), path.parent)
     raw = apply_overrides(raw, overrides)
-    return build_experiment(raw)
+    return absolute_paths(build_experiment(raw))
 
 
 def to_dict(exp: Experiment) -> dict[str, Any]:
@@ -357,15 +383,8 @@ def dump_yaml(exp: Experiment) -> str:
 
 
 def config_hash(exp: Experiment) -> str:
-    """Short hash of everything that changes the result (the ``run`` section excluded)."""
-    content = to_dict(exp)
-    content.pop("run")
-    for key in ("progress", "log_every"):
-        content["train"].pop(key)
-    if not content["train"]["init_from"]:
-        del content["train"]["init_from"]  # runs made before the option keep their folder names
-    blob = json.dumps(content, sort_keys=True).encode()
-    return hashlib.sha256(blob).hexdigest()[:8]
+    """Short hash of everything that changes the result (:mod:`vasseg.identity`)."""
+    return identity_hash(to_dict(exp))
 
 
 def run_name(exp: Experiment) -> str:

@@ -18,6 +18,7 @@ from typing import Any
 from vasseg.config import ConfigError, build_experiment, merge, read_yaml
 from vasseg.data.synthetic import write_phantom_la_layout
 from vasseg.engine.run import evaluate_run, train_experiment
+from vasseg.engine.setup import has_checkpoint, run_dir_for
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,8 @@ def run_demo(out_dir: str | Path = "vasseg-demo", iterations: int | None = None,
     tables, run_dirs = [], []
     for method in DEMO_METHODS:
         exp = demo_experiment(out, method, iterations, progress)
-        run_dir = train_experiment(exp, resume=True)  # a rerun with the same settings reuses it
+        # a rerun with the same settings continues (or reuses) the run instead of training again
+        run_dir = train_experiment(exp, resume=has_checkpoint(run_dir_for(exp)))
         _, table = evaluate_run(run_dir, split="test", progress=progress)
         tables.append(table)
         run_dirs.append(run_dir)

@@ -12,7 +12,8 @@ holds raw tensors and a JSON header and cannot carry code:
   ``class_names``, ``preprocessing`` (the record of the run's dataset format, :mod:`vasseg.data.format`:
   z-score and scale, or a prepared dataset's modality, CT window or MR percentile clip, target shape or
   spacing, normalisation and label map) and ``weights``
-  (network, dtype, training step, method, the checkpoint's file name).
+  (network, dtype, training step, method, the checkpoint's file name), ``checksum`` (SHA-256 of
+  the tensors, checked on reading: corrupted weight bytes are refused).
 
 ``vasseg predict``, ``vasseg evaluate``, :func:`vasseg.load_model` and ``train.init_from`` read it
 on any machine: nothing else from the run folder is needed. Reading never unpickles: a pickle (a
@@ -21,6 +22,7 @@ on any machine: nothing else from the run folder is needed. Reading never unpick
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -109,7 +111,8 @@ def write_model_file(path: str | Path, exp: Experiment, network: nn.Module, prep
         "preprocessing": json.dumps(preprocessing),
         "weights": json.dumps({"network": "student", "dtype": dtype, **(info or {})}),
     }
-    blob = save(network_tensors(network, DTYPES[dtype]), metadata=meta)
+    tensors = network_tensors(network, DTYPES[dtype])
+    blob = save(tensors, metadata=meta | {"checksum": tensors_checksum(tensors)})
     try:
         atomic_write_bytes(path, lambda fh: fh.write(blob))
     except OSError as exc:
@@ -176,15 +179,30 @@ def _read_safetensors(path: Path) -> tuple[dict[str, str], dict[str, torch.Tenso
                              f"({' '.join(str(exc).split())[:160] or type(exc).__name__})") from None
 
 
+def tensors_checksum(tensors: dict[str, torch.Tensor]) -> str:
+    """``sha256:<hex>`` over every tensor's name, dtype, shape and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return f"sha256:{digest.hexdigest()}"
+
+
 def read_model_file(path: str | Path, overrides: Sequence[str] = ()) -> ModelFile:
     """Read and validate a model file; ``overrides`` (``data.root=...``) apply to its config."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise ModelFileError(f"{path}: model file not found")
-    if _head(path).startswith(PICKLE_MAGIC):
+    head = _head(path)
+    # A safetensors header length may begin with byte 0x80 too; its JSON header then starts at byte 8.
+    if head.startswith(PICKLE_MAGIC) and head[8:9] != b"{":
         raise ModelFileError(f"{path}: refused: this is a pickle (torch.save) file, not a safetensors model "
                              f"file; nothing in it was loaded (make one with `vasseg export RUN {path.name}`)")
     meta, weights = _read_safetensors(path)
+    if "checksum" in meta and meta["checksum"] != tensors_checksum(weights):  # files before it had none
+        raise ModelFileError(f"{path}: the weights are corrupt (their SHA-256 differs from the one recorded "
+                             f"when the file was written); export the model again")
     if meta.get("format") != FORMAT:
         raise ModelFileError(f"{path}: not a vasseg model file (metadata format {meta.get('format')!r})")
     if meta.get("format_version") != FORMAT_VERSION:

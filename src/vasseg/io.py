@@ -113,6 +113,8 @@ def read_volume(path: Path | str, default_spacing: tuple[float, float, float] = 
     """
     path = Path(path)
     kind = volume_format(path)
+    if path.is_symlink() and not path.exists():
+        raise _error(path, f"symbolic link to {os.readlink(path)}, which does not exist or loops")
     if not path.is_file():
         raise _error(path, "no such file")
     volume = _read_nifti(path) if kind == "nifti" else _read_hdf5(path, default_spacing)
@@ -122,10 +124,19 @@ def read_volume(path: Path | str, default_spacing: tuple[float, float, float] = 
 
 
 def _read_nifti(path: Path) -> Volume:
-    """NIfTI via nibabel; the data (with scl_slope/inter applied) is read here, not lazily."""
+    """NIfTI via nibabel; the data (with scl_slope/inter applied) is read here, not lazily.
+
+    The header is checked before the voxels are read: a complex data type, or a shape that the
+    file cannot hold or memory cannot take, is refused without allocating it.
+    """
     try:
         with _quiet_nibabel():
             img = nib.load(str(path))
+    except _LIBRARY_ERRORS as exc:
+        raise _error(path, f"cannot read NIfTI ({type(exc).__name__}: {exc})") from exc
+    _check_header(path, img)
+    try:
+        with _quiet_nibabel():
             data = np.asarray(img.get_fdata(dtype=np.float32))
             affine = np.asarray(img.affine, dtype=np.float64)
             zooms = tuple(float(z) for z in img.header.get_zooms())
@@ -143,6 +154,39 @@ def _read_nifti(path: Path) -> Volume:
         header=img.header,
         source=path,
     )
+
+
+# deflate cannot compress by more than ~1032:1, so a .nii.gz holds at most this many bytes per byte
+_MAX_DEFLATE_RATIO = 1100
+
+
+def memory_limit() -> int:
+    """Bytes a volume's float32 image may take: half the machine's physical memory."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    except (ValueError, OSError, AttributeError):
+        return 1 << 34  # 16 GiB where the platform does not say
+
+
+def check_volume_size(path: Path, shape: tuple[int, ...], itemsize: int, stored: int | None = None) -> None:
+    """Refuse a header whose shape the file cannot hold (``stored``: the most bytes its content can
+    decompress to) or whose float32 image would exceed :func:`memory_limit`, before allocating it."""
+    voxels = int(np.prod([int(s) for s in shape], dtype=object))
+    if stored is not None and voxels * itemsize > stored:
+        raise _error(path, f"cannot read NIfTI: its header's shape {tuple(shape)} needs {voxels * itemsize} bytes "
+                           f"of voxels, the file holds {path.stat().st_size} (truncated, or a corrupt header)")
+    if voxels * 4 > memory_limit():
+        raise _error(path, f"shape {tuple(shape)} needs {voxels * 4 / 2**30:.1f} GiB as float32, over the limit "
+                           f"of {memory_limit() / 2**30:.1f} GiB (half this machine's memory)")
+
+
+def _check_header(path: Path, img: nib.Nifti1Image) -> None:
+    dtype = np.dtype(img.get_data_dtype())
+    if dtype.kind == "c":
+        raise _error(path, f"complex-valued image ({dtype}) is not supported; save its magnitude as a real image")
+    size = path.stat().st_size
+    stored = size * _MAX_DEFLATE_RATIO if path.name.lower().endswith(".gz") else size
+    check_volume_size(path, img.shape, dtype.itemsize, stored)
 
 
 @contextmanager
@@ -187,6 +231,7 @@ def _dataset(f: h5py.File, key: str, path: Path) -> np.ndarray | None:
     node = f[key]
     if not isinstance(node, h5py.Dataset):
         raise _error(path, f"HDF5 entry '{key}' is not a dataset")
+    check_volume_size(path, node.shape, node.dtype.itemsize)  # unwritten chunks read as fill values
     return node[()]
 
 
@@ -217,6 +262,9 @@ def _validate(volume: Volume) -> None:
     if not np.isfinite(image).all():
         bad = int(image.size - np.count_nonzero(np.isfinite(image)))
         raise _error(path, f"image has {bad} non-finite values (NaN or inf)")
+    if not np.isfinite(volume.affine).all() or abs(np.linalg.det(volume.affine[:3, :3])) < 1e-12:
+        raise _error(path, "singular affine (a zero voxel size or collapsed axes in the header's pixdim/sform/"
+                           "qform): the voxels have no place in space")
     if not all(np.isfinite(s) and s > 0 for s in volume.spacing):
         raise _error(path, f"voxel spacing {volume.spacing} must be positive and finite")
     if volume.label is not None and volume.label.shape != image.shape:
@@ -253,7 +301,7 @@ def write_label_nifti(
     """
     path = Path(path)
     suffix = _nifti_suffix(path)
-    _check_writable_dir(path)
+    check_parent_folder(path)
     img = _label_image(path, labels, affine, header)
     tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp{suffix}"
     try:
@@ -274,7 +322,7 @@ def check_label_output(path: Path | str) -> Path:
     """Fail early (before any inference) when ``path`` cannot receive a NIfTI label map."""
     path = Path(path)
     _nifti_suffix(path)
-    _check_writable_dir(path)
+    check_parent_folder(path)
     return path
 
 
@@ -286,8 +334,11 @@ def _nifti_suffix(path: Path) -> str:
     raise _error(path, "label output must end in .nii or .nii.gz")
 
 
-def _check_writable_dir(path: Path) -> None:
+def check_parent_folder(path: Path) -> None:
+    """The folder ``path`` goes into must exist, be a folder and be writable."""
     parent = path.parent
+    if parent.exists() and not parent.is_dir():
+        raise _error(path, f"{parent} is a file, not a folder")
     if not parent.is_dir():
         raise _error(path, f"output directory {parent} does not exist")
     if not os.access(parent, os.W_OK | os.X_OK):

@@ -258,14 +258,22 @@ def test_truncated_image_is_reported_by_file(source: Path, tmp_path: Path) -> No
     assert sorted(read_manifest(out)["cases"]) == ["0001", "0002", "0003", "0004"]
 
 
-def test_existing_output_needs_overwrite(source: Path, tmp_path: Path) -> None:
+def test_existing_output_needs_overwrite_and_foreign_files_survive(source: Path, tmp_path: Path) -> None:
+    """Issue 25: --overwrite deleted every file of the folder; now only prepare's own output goes."""
     out = tmp_path / "out"
     out.mkdir()
     (out / "old.txt").write_text("x")
-    with pytest.raises(DataError, match="already exists"):
+    with pytest.raises(ConfigError, match="holds 'old.txt', not written by vasseg prepare"):
         prepare_dataset([source], out, PrepareOptions(shape=SMALL), progress=False)
-    prepare_dataset([source], out, PrepareOptions(shape=SMALL, overwrite=True), progress=False)
-    assert not (out / "old.txt").exists() and (out / "prepared.json").is_file()
+    for _ in range(2):  # the second run replaces the first one's dataset, never old.txt
+        prepare_dataset([source], out, PrepareOptions(shape=SMALL, overwrite=True), progress=False)
+        assert (out / "old.txt").read_text() == "x" and (out / "prepared.json").is_file()
+    assert sorted(p.name for p in out.iterdir()) == [".vasseg-output.json", "cases", "old.txt", "prepared.json",
+                                                     "test.list", "train.list"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary leftovers
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert prepare_dataset([source], empty, PrepareOptions(shape=SMALL), progress=False) == empty
 
 
 def test_cli_prepare_and_its_one_line_errors(source: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -278,7 +286,8 @@ def test_cli_prepare_and_its_one_line_errors(source: Path, tmp_path: Path, capsy
     assert manifest["window"] == [-150.0, 200.0] and manifest["normalize"] == "zscore"
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
-    assert err == f"vasseg prepare: error: {out}: already exists; choose another --out or pass --overwrite"
+    assert err == (f"vasseg prepare: error: {out}: holds earlier output of vasseg prepare ('cases'); pass "
+                   f"--overwrite to replace it")
     assert main(["prepare", str(source), "--out", str(tmp_path / "x"), "--label-map", "nope", "--quiet"]) == 2
     assert "label map 'nope'" in capsys.readouterr().err
 

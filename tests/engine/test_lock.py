@@ -17,7 +17,8 @@ import yaml
 from vasseg.cli import main
 from vasseg.config import build_experiment
 from vasseg.engine.lock import RunFolderBusy, lock_path, run_lock
-from vasseg.engine.run import absolute_out_dir, train_experiment
+from vasseg.config import absolute_paths
+from vasseg.engine.run import train_experiment
 from vasseg.engine.setup import run_dir_for
 
 from tests.clitools import cli_error, listing
@@ -98,7 +99,7 @@ def test_a_second_training_into_a_locked_run_folder_is_refused(toy_methods, phan
     raw = tiny_raw(phantom_root, tmp_path / "runs", "toy_gan", data=FAST, train={"iterations": 2, "ckpt_every": 2})
     config = tmp_path / "exp.yaml"
     config.write_text(yaml.safe_dump(raw))
-    run_dir = run_dir_for(absolute_out_dir(build_experiment(raw)))
+    run_dir = run_dir_for(absolute_paths(build_experiment(raw)))
     proc = _hold_in_subprocess(run_dir)  # the first training, as far as the folder can tell
     try:
         for extra in ((), ("--resume",)):
@@ -114,7 +115,7 @@ def test_a_second_training_into_a_locked_run_folder_is_refused(toy_methods, phan
 
 def test_a_crashed_training_releases_its_lock(toy_methods, tiny) -> None:
     exp = tiny("toy_gan", data=FAST, train={"iterations": 4, "ckpt_every": 2, "log_every": 1})
-    run_dir = run_dir_for(absolute_out_dir(exp))
+    run_dir = run_dir_for(absolute_paths(exp))
     CRASH["at"] = 3
     try:
         with pytest.raises(RuntimeError, match="simulated crash"):

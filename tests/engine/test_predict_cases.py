@@ -54,7 +54,7 @@ def test_a_folder_with_one_corrupt_scan_names_it_and_writes_the_others(run, phan
     assert last.startswith(f"vasseg predict: error: 1 of 3 cases failed: {bad}: cannot read NIfTI")
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and errors[0].startswith(f"{bad}: cannot read NIfTI")  # logged when it happened
-    assert sorted(p.name for p in out.iterdir()) == ["phantom_003.nii.gz", "phantom_010.nii.gz"]
+    assert sorted(p.name for p in out.iterdir()) == [".vasseg-output.json", "phantom_003.nii.gz", "phantom_010.nii.gz"]
     assert _labels(out / "phantom_010.nii.gz").shape == (32, 32, 32)
 
 
@@ -125,8 +125,18 @@ def test_an_existing_output_is_refused_unless_overwrite(run, phantom_root, tmp_p
     assert sorted(p.name for p in out.iterdir()) == ["phantom_011.nii.gz"]  # refused before any work
     line = cli_error(capsys, "predict", str(run), str(scans), str(scans), "--device", "cpu", "--quiet")
     assert "is the input image" in line  # a folder predicted into itself would replace its scans
+    line = cli_error(capsys, "predict", str(run), str(scans), str(out), "--overwrite", "--device", "cpu", "--quiet")
+    assert line.endswith(f"{out / 'phantom_011.nii.gz'}: has the name of an output of vasseg predict but was not "
+                         f"written by it; not replaced, even with --overwrite (move it away first)")
+    (out / "phantom_011.nii.gz").unlink()
+    (out / "notes.txt").write_text("keep me")
+    line = cli_error(capsys, "predict", str(run), str(scans), str(out), "--device", "cpu", "--quiet")
+    assert f"{out}: holds 'notes.txt', not written by vasseg predict" in line
     assert len(_ok(capsys, str(run), str(scans), str(out), "--overwrite")) == 2
-    assert (out / "phantom_011.nii.gz").read_bytes() != b"old"
+    assert len(_ok(capsys, str(run), str(scans), str(out), "--overwrite")) == 2  # its own maps: replaced
+    assert (out / "notes.txt").read_text() == "keep me"
+    assert sorted(p.name for p in out.iterdir()) == [".vasseg-output.json", "notes.txt", "phantom_010.nii.gz",
+                                                     "phantom_011.nii.gz"]
 
 
 def test_several_inputs_need_a_folder_and_a_failed_folder_is_not_left(run, phantom_root, tmp_path, capsys) -> None:

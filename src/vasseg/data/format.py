@@ -94,6 +94,10 @@ class DataFormat:
     def check_split(self, split: Split) -> None:
         """Refuse a split the data cannot serve (e.g. a labeled id without a label); default: any."""
 
+    def case_file(self, case_id: str) -> Path | None:
+        """The file holding one case (its size identifies the data when ``data.root`` moves), or None."""
+        return None
+
     def load_cases(self, ids: Sequence[str], progress: bool = True, list_name: str = "the id list") -> VolumeSet:
         """The cases ``ids`` on the CPU; every id is checked before any file is read."""
         self.check_cases(ids, list_name)

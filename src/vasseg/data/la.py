@@ -27,6 +27,7 @@ from vasseg.data.format import DataFormat, Record
 from vasseg.data.intensity import normalize_intensity
 from vasseg.data.splits import read_id_list
 from vasseg.data.volumes import Case, DataError, Spacing, VolumeSet, rescale_case
+from vasseg.io import ImageIOError, check_volume_size
 from vasseg.registry import register
 
 if TYPE_CHECKING:
@@ -79,7 +80,12 @@ def _read_dataset(f: h5py.File, path: Path, key: str) -> np.ndarray:
     if key not in f:
         raise DataError(f"{path}: missing key {key!r} (keys: {', '.join(sorted(map(str, f.keys())))})")
     try:
-        return np.asarray(f[key][()])
+        node = f[key]
+        if isinstance(node, h5py.Dataset):
+            check_volume_size(path, node.shape, node.dtype.itemsize)  # before allocating a corrupt header's shape
+        return np.asarray(node[()])
+    except ImageIOError as exc:
+        raise DataError(str(exc)) from None
     except H5_ERRORS as exc:
         msg = " ".join(str(exc).split())
         raise DataError(f"{path}: cannot read dataset {key!r} ({msg})") from exc
@@ -224,6 +230,9 @@ class LAFormat(DataFormat):
         d = self.data
         case = read_la_case(self.root, case_id, d.num_classes, d.spacing, d.intensity)
         return rescale_case(case, d.scale, d.num_classes)
+
+    def case_file(self, case_id: str) -> Path:
+        return case_path(self.root, case_id)
 
     def preprocessing(self, run_dir: Path) -> Record:
         return {**super().preprocessing(run_dir), "intensity": self.data.intensity}

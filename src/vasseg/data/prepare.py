@@ -56,6 +56,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+from vasseg.outfolder import Owner, check_folder
+from vasseg.outfolder import publish as publish_folder
+
 if TYPE_CHECKING:
     from vasseg.data.labelmap import LabelMap
     from vasseg.data.nifti import Discovery, Pair
@@ -70,6 +73,10 @@ PAPER_SHAPE = (128, 128, 64)
 PAPER_WINDOW = (-200.0, 250.0)
 PAPER_TEST_FRACTION = 20 / 90  # the paper's 70 train / 20 test of 90 CTs
 OWN_SCAN_LAYOUTS = ("nnunet", "pairs")  # routes whose defaults are nnU-Net's (table above)
+# What prepare writes into --out (vasseg.outfolder: the overwrite rule); a rerun replaces its own
+# earlier dataset only with --overwrite.
+PREPARE_OUTPUT = Owner("prepare", ("cases", "train.list", "test.list", "prepared.json", "split.yaml",
+                                   "config.yaml"), replaces_own=False)
 
 
 @dataclass(frozen=True)
@@ -164,10 +171,9 @@ def check_options(options: PrepareOptions, out: Path) -> None:
         raise _error(f"--test-fraction: must be in [0, 1), got {options.test_fraction}")
     if (options.num_val is not None and options.num_val < 0) or options.workers < 0:
         raise _error("--num-val and --workers: must not be negative")
-    if out.exists() and not options.overwrite:
-        raise _error(f"{out}: already exists; choose another --out or pass --overwrite")
     if not out.parent.is_dir():
         raise _error(f"{out}: parent folder {out.parent} does not exist")
+    check_folder(out, PREPARE_OUTPUT, options.overwrite)
 
 
 def discover(sources: Sequence[str | Path], plain: tuple[str | Path, str | Path] | None) -> Discovery:
@@ -346,13 +352,7 @@ def _median(rows: list[list[float]]) -> list[float]:
     return np.median(np.asarray(rows, dtype=np.float64), axis=0).tolist()
 
 def publish(tmp: Path, out: Path, overwrite: bool) -> None:
-    """Rename the finished temporary folder to ``out`` (replacing it only with ``overwrite``)."""
-    old = None
-    if out.exists():
-        if not overwrite:
-            raise _error(f"{out}: appeared while preparing; not replaced")
-        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    """Rename the finished temporary folder to ``out``; an existing ``out`` keeps every entry that
+    is not an earlier prepare's (:mod:`vasseg.outfolder`)."""
+    check_folder(out, PREPARE_OUTPUT, overwrite)  # again: ``out`` may have changed while preparing
+    publish_folder(tmp, out, PREPARE_OUTPUT)

@@ -300,6 +300,9 @@ class PreparedFormat(DataFormat):
         case = read_prepared_case(self.root, case_id)
         return _rescale(case, self.data.scale, self.data.num_classes) if self.data.scale != 1.0 else case
 
+    def case_file(self, case_id: str) -> Path:
+        return case_path(self.root, case_id)
+
     def scoring_grids(self, primary: str) -> tuple[str, ...]:
         """Both grids: the paper's Table II is in prepared voxels, mm belong to the original scan."""
         return (primary, "model" if primary == "native" else "native")

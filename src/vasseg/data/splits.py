@@ -35,9 +35,12 @@ def read_id_list(path: str | Path) -> list[str]:
     """
     path = Path(path)
     try:
-        lines = path.read_text().splitlines()
+        lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
         raise DataError(f"{path}: cannot read id list ({exc.strerror or exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: id list is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+                        f"{exc.start})") from None
     ids = [_id_from_line(s.strip()) for s in lines if s.strip() and not s.strip().startswith("#")]
     ids = [i for i in ids if i]
     if not ids:

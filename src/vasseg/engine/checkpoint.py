@@ -74,9 +74,17 @@ def _intact(folder: Path) -> str:
 
 
 def latest_checkpoint(folder: Path) -> Path | None:
-    """The file the ``latest`` pointer names, or None when there is no checkpoint yet."""
+    """The file the ``latest`` pointer names, or None when there is no checkpoint yet.
+
+    Without the pointer (deleted by hand) the newest step file is taken, with a warning: step
+    files are written atomically, so the newest one is complete.
+    """
     pointer = folder / LATEST
     if not pointer.exists():
+        steps = sorted((int(m.group(1)), p) for p in folder.glob("step_*.pt") if (m := STEP_FILE.match(p.name)))
+        if steps:
+            log.warning("%s is missing; using the newest step checkpoint, %s", pointer, steps[-1][1].name)
+            return steps[-1][1]
         return None
     try:
         name = pointer.read_text().strip()

@@ -37,6 +37,7 @@ from vasseg.data.volumes import Case, VolumeSet, resized_argmax
 from vasseg.engine.inference import sliding_window_probs
 from vasseg.methods.base import Method
 from vasseg.metrics import CaseMetrics, Summary, format_mean_std, per_class_metrics, summarize
+from vasseg.outfolder import Owner
 
 log = logging.getLogger(__name__)
 
@@ -303,6 +304,10 @@ def _write_csv(path: Path, rows: list[Row]) -> None:
         writer.writeheader()
         for r in rows:
             writer.writerow(asdict(r))
+
+
+# What evaluate writes into its folder (vasseg.outfolder: the overwrite rule).
+EVAL_OUTPUT = Owner("evaluate", ("cases.csv", "cases_*.csv", "summary.json", "summary.md"))
 
 
 def write_results(rows: list[Row], summary: dict[str, Any], out_dir: Path, title: str, labeled: str,

@@ -35,7 +35,16 @@ import torch
 from tqdm import tqdm
 
 from vasseg.atomic import atomic_write_bytes
-from vasseg.io import HDF5_SUFFIXES, NIFTI_SUFFIXES, ImageIOError, Volume, check_label_output, write_label_nifti
+from vasseg.io import (
+    HDF5_SUFFIXES,
+    NIFTI_SUFFIXES,
+    ImageIOError,
+    Volume,
+    check_label_output,
+    check_parent_folder,
+    write_label_nifti,
+)
+from vasseg.outfolder import Owner, add_to_marker, check_folder
 
 if TYPE_CHECKING:
     from vasseg.api import Model, Prediction
@@ -43,9 +52,15 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = NIFTI_SUFFIXES + HDF5_SUFFIXES
+# Extensions that make an output name a file, not a folder (a typo'd label map would become one).
+FILE_SUFFIXES = frozenset({".txt", ".gz", ".h5", ".hdf5", ".npz", ".npy", ".nrrd", ".mha", ".mhd", ".mgz", ".png",
+                           ".jpg", ".csv", ".json", ".yaml", ".yml", ".zip", ".pt", ".safetensors", ".dcm"})
 # A case's own failure: bad file or geometry (ValueError covers ImageIOError and DataError),
 # a write error, a volume too large for the device. Anything else is a bug and stops the command.
 CASE_ERRORS = (ValueError, OSError, torch.OutOfMemoryError)
+# An output folder: its label maps and probabilities (vasseg.outfolder: the overwrite rule). A folder
+# of NIfTI files without predict's marker is never taken for predict's output: it may hold scans.
+PREDICT_OUTPUT = Owner("predict", ("*.nii.gz", "*.nii", "*.npz"), legacy=False)
 
 
 class PredictionFailed(ValueError):
@@ -74,6 +89,7 @@ class Job:
     name: str
     labels: Path
     probs: Path | None
+    folder: Path | None = None  # the output folder (its marker lists what was written), or None
 
 
 @dataclass
@@ -113,17 +129,24 @@ def find_inputs(spec: str | Path) -> list[Path]:
     text = str(spec)
     path = Path(text).expanduser()
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and is_image_name(p) and not p.name.startswith("."))
+        # A broken or looping link is kept: reading it fails, so it is named in the failure list.
+        files = sorted(p for p in path.iterdir()
+                       if _file_or_link(p) and is_image_name(p) and not p.name.startswith("."))
         if not files:
             raise ImageIOError(f"{path}: no {', '.join(IMAGE_SUFFIXES)} files in this folder (for files in "
                                f"subfolders give a quoted glob, e.g. '{path}/*/mri_norm2.h5')")
         return files
     if path.exists() or not any(c in text for c in "*?["):
         return [path]  # one file: reading it reports a missing file or an unknown extension
-    files = sorted(Path(p) for p in glob.glob(os.path.expanduser(text)) if is_image_name(Path(p)) and Path(p).is_file())
+    matches = (Path(p) for p in glob.glob(os.path.expanduser(text)))
+    files = sorted(p for p in matches if is_image_name(p) and _file_or_link(p))
     if not files:
         raise ImageIOError(f"{text}: no image file matches this pattern")
     return files
+
+
+def _file_or_link(path: Path) -> bool:
+    return path.is_file() or path.is_symlink()
 
 
 def case_names(inputs: list[Path]) -> list[str]:
@@ -156,15 +179,17 @@ def plan_jobs(inputs: list[Path], output: Path, save_probabilities: bool) -> lis
                     _npz(output) if save_probabilities else None)]
     if output.exists() and not output.is_dir():
         raise ImageIOError(f"{output}: not a folder (a label map must end in .nii or .nii.gz)")
-    if not output.parent.is_dir():
-        raise ImageIOError(f"{output}: output directory {output.parent} does not exist")
-    writable = output if output.is_dir() else output.parent
-    if not os.access(writable, os.W_OK | os.X_OK):
-        raise ImageIOError(f"{output}: output directory {writable} is not writable")
+    if not output.exists() and output.suffix.lower() in FILE_SUFFIXES:
+        raise ImageIOError(f"{output}: a file name, but a label map must end in .nii or .nii.gz (an output "
+                           f"folder's name needs no extension)")
+    if not output.is_dir():
+        check_parent_folder(output)
+    elif not os.access(output, os.W_OK | os.X_OK):
+        raise ImageIOError(f"{output}: output directory {output} is not writable")
     jobs = []
     for source, name in zip(inputs, case_names(inputs)):
         labels = output / f"{name}.nii.gz"
-        jobs.append(Job(source, name, labels, _npz(labels) if save_probabilities else None))
+        jobs.append(Job(source, name, labels, _npz(labels) if save_probabilities else None, output))
     return jobs
 
 
@@ -175,7 +200,7 @@ def _npz(label_path: Path) -> Path:
 def _same_file(a: Path, b: Path) -> bool:
     try:
         return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
-    except OSError:
+    except (OSError, RuntimeError):  # RuntimeError: a symlink loop
         return False
 
 
@@ -267,12 +292,17 @@ def predict_paths(model: str | Path | Model, input_spec: str | Path, output: str
                   options: PredictOptions = PredictOptions()) -> PredictResult:
     """Segment every image INPUT names into OUTPUT with one model load (see the module docstring)."""
     from vasseg.api import Model, load_model
+    from vasseg.engine.setup import select_device
 
+    device = select_device(options.device, "--device")  # before any work: a bad spec is one line
     jobs = plan_jobs(find_inputs(input_spec), Path(output), options.save_probabilities)
     check_jobs(jobs, options.overwrite)
+    if jobs[0].folder is not None:
+        names = [out.name for job in jobs for out in filter(None, (job.labels, job.probs))]
+        check_folder(jobs[0].folder, PREDICT_OUTPUT, options.overwrite, names)
     geometry = make_geometry(options, jobs)
     if not isinstance(model, Model):
-        model = load_model(model, options.checkpoint, options.device)
+        model = load_model(model, options.checkpoint, device)
     state_geometry(geometry, jobs, model.exp.data.spacing)
     folder = None if is_label_file(Path(output)) else Path(output).expanduser()
     created = folder is not None and not folder.exists()
@@ -338,6 +368,8 @@ def write_job(job: Job, volume: Volume, pred: Prediction, model: Model) -> None:
         if job.probs is not None:
             job.probs.unlink(missing_ok=True)
         raise
+    if job.folder is not None:
+        add_to_marker(job.folder, PREDICT_OUTPUT, [p.name for p in (job.labels, job.probs) if p is not None])
     log.info("%s -> %s (%d voxels labelled foreground)", job.source, job.labels, int((pred.labels > 0).sum()))
 
 

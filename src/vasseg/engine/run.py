@@ -10,7 +10,6 @@ evaluation results appear as a complete folder or not at all.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import shutil
 import sys
@@ -18,27 +17,30 @@ from pathlib import Path
 
 import torch
 
-from vasseg.config import ConfigError, Experiment
+from vasseg.config import ConfigError, Experiment, absolute_paths
 from vasseg.data.setup import DataBundle, build_data, data_root, iter_cases
 from vasseg.data.splits import read_id_list, read_split
 from vasseg.data.volumes import DataError, check_training_cases
-from vasseg.engine.evaluate import evaluate_cases, summarize_rows, write_results
+from vasseg.engine.evaluate import EVAL_OUTPUT, evaluate_cases, summarize_rows, write_results
 from vasseg.engine.loading import load_run
-from vasseg.engine.setup import build_method, prepare_run_dir, run_dir_for, seed_everything, select_device
+from vasseg.engine.resume import no_checkpoint_error
+from vasseg.engine.setup import (
+    build_method,
+    has_checkpoint,
+    prepare_run_dir,
+    run_dir_for,
+    seed_everything,
+    select_device,
+)
 from vasseg.engine import distributed
 from vasseg.engine.distributed import DistInfo
 from vasseg.engine.lock import run_lock
 from vasseg.engine.trainer import Trainer
-from vasseg.atomic import check_output_dir, published_dir
+from vasseg.atomic import check_output_dir
+from vasseg.outfolder import check_folder, published_folder
 from vasseg.methods import get_method
 
 log = logging.getLogger(__name__)
-
-
-def absolute_out_dir(exp: Experiment) -> Experiment:
-    """Record the output folder as an absolute path so the run can be resumed from anywhere."""
-    out = str(Path(exp.run.out_dir).expanduser().resolve())
-    return dataclasses.replace(exp, run=dataclasses.replace(exp.run, out_dir=out))
 
 
 class RunLogHandler(logging.FileHandler):
@@ -73,8 +75,8 @@ def start_trainer(exp: Experiment, data: DataBundle, run_dir: Path, device: torc
     trainer = Trainer(exp, build_method(exp), data, run_dir, device, info.rank, info.world_size)
     if resume and trainer.resume():
         return trainer
-    if resume:
-        log.info("no checkpoint to resume in %s: starting from step 0", run_dir)
+    if resume:  # checked before the data were read; a checkpoint that vanished since ends up here
+        raise no_checkpoint_error(exp, run_dir)
     if exp.train.init_from:
         from vasseg.export import init_student
 
@@ -88,8 +90,9 @@ def train_experiment(exp: Experiment, resume: bool = False, evaluate_val: bool =
 
     Under ``torchrun`` every process calls this; rank 0 alone writes the run folder and holds
     its lock (:mod:`vasseg.engine.lock`) from before the folder is made until training ends.
+    ``resume`` without a checkpoint of this configuration is an error naming the nearest runs.
     """
-    exp = absolute_out_dir(exp)
+    exp = absolute_paths(exp)
     method_cls = get_method(exp.method.name)
     info, device = distributed.init_distributed(exp.train.device)
     try:
@@ -120,7 +123,9 @@ def _train_in_run_dir(exp: Experiment, data: DataBundle, resume: bool, evaluate_
 def _open_run_dir(exp: Experiment, data: DataBundle, resume: bool, info: DistInfo) -> Path:
     """Rank 0 creates the run folder; the other ranks wait for it."""
     run_dir = run_dir_for(exp)
-    if not resume and (run_dir / "checkpoints" / "latest").exists():
+    if resume and not has_checkpoint(run_dir):  # under the lock: a training in progress is named first
+        raise no_checkpoint_error(exp, run_dir)
+    if not resume and has_checkpoint(run_dir):
         # Checked on every rank, so that no rank waits at the barrier for a rank 0 that failed.
         raise ConfigError(f"{run_dir}: a run with this configuration already has checkpoints; "
                           f"resume it with --resume or choose another run.name / run.out_dir")
@@ -139,7 +144,7 @@ def _open_run_dir(exp: Experiment, data: DataBundle, resume: bool, info: DistInf
 def _start_or_clean(exp: Experiment, data: DataBundle, run_dir: Path, device: torch.device,
                     resume: bool, info: DistInfo) -> Trainer:
     """Build the trainer; a run folder that never reached its first step is removed on failure."""
-    had_checkpoint = (run_dir / "checkpoints" / "latest").exists()
+    had_checkpoint = has_checkpoint(run_dir)
     try:
         return start_trainer(exp, data, run_dir, device, resume, info)
     except BaseException:
@@ -152,7 +157,7 @@ def evaluate_val_split(exp: Experiment, trainer: Trainer, data: DataBundle, run_
                        device: torch.device) -> None:
     """Score the last weights on the validation split into ``run_dir/eval/val_last``."""
     rows = evaluate_cases(trainer.method, data.val, exp, device, progress=exp.train.progress)
-    with published_dir(run_dir / "eval" / "val_last", "the evaluation results") as tmp:
+    with published_folder(run_dir / "eval" / "val_last", EVAL_OUTPUT, "the evaluation results") as tmp:
         table = write_results(rows, summarize_rows(rows), tmp, exp.method.name, str(exp.data.labeled),
                               "Validation split, last checkpoint.", exp.data.class_names)
     log.info("validation split, last checkpoint:\n%s", table)
@@ -186,24 +191,25 @@ def split_ids(exp: Experiment, run_dir: Path, split: str) -> tuple[list[str], st
 
 def evaluate_run(target: str | Path, split: str = "val", checkpoint: str = "last",
                  data_root: str | None = None, device: str = "auto", out: str | None = None,
-                 progress: bool = True) -> tuple[Path, str]:
+                 progress: bool = True, overwrite: bool = False) -> tuple[Path, str]:
     """Evaluate a run (or checkpoint) on a split; returns the output folder and the table.
 
     Cases are read one at a time (memory does not grow with their number); the output folder
-    appears complete or not at all.
+    appears complete or not at all. ``out`` holding files evaluate did not write is refused unless
+    ``overwrite``, and even then they stay (:mod:`vasseg.outfolder`).
     """
     overrides = (f"data.root={data_root}",) if data_root else ()
-    dev = select_device(device)
+    dev = select_device(device, "--device")
     loaded = load_run(target, checkpoint, dev, overrides)
     exp = loaded.exp
     ids, source = split_ids(exp, loaded.run_dir, split)
     name = Path(split).stem if Path(split).is_file() else split
     out_dir = Path(out).expanduser() if out else loaded.run_dir / "eval" / f"{name}_{loaded.checkpoint.stem}"
-    check_output_dir(out_dir)
+    check_folder(out_dir, EVAL_OUTPUT, overwrite)
     cases = iter_cases(exp, ids, source)
     rows = evaluate_cases(loaded.method, cases, exp, dev, progress=progress, total=len(ids))
     note = f"Split '{name}' ({len(ids)} cases), checkpoint {loaded.checkpoint.name} (step {loaded.step})."
-    with published_dir(out_dir, "the evaluation results") as tmp:
+    with published_folder(out_dir, EVAL_OUTPUT, "the evaluation results") as tmp:
         table = write_results(rows, summarize_rows(rows), tmp, exp.method.name, str(exp.data.labeled), note,
                               exp.data.class_names)
     return out_dir, table

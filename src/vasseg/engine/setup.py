@@ -10,6 +10,7 @@ import logging
 import os
 import platform
 import random
+import re
 import sys
 from pathlib import Path
 
@@ -28,19 +29,33 @@ from vasseg.data.setup import (  # noqa: F401 - the data half, re-exported
     read_case,
 )
 from vasseg.data.splits import Split, write_split
+from vasseg.engine.checkpoint import latest_checkpoint
+from vasseg.engine.resume import check_resume, record_data_files
 from vasseg.methods import get_method
 from vasseg.methods.base import Method
 
 log = logging.getLogger(__name__)
 
 
-def select_device(spec: str) -> torch.device:
-    """``auto`` picks CUDA when available; an explicit CUDA request without CUDA is an error."""
-    if spec == "auto":
+DEVICE_FORMS = "auto, cpu, cuda or cuda:N"
+_DEVICE = re.compile(r"(cpu|cuda|mps)(:\d+)?")
+
+
+def select_device(spec: str, option: str = "train.device") -> torch.device:
+    """``auto`` picks CUDA when available; a malformed spec or a device this machine lacks is one
+    ConfigError naming ``option`` (the setting the user gave: ``train.device``, ``--device``, ...)."""
+    text = str(spec).strip()
+    if text == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(spec)
+    if not _DEVICE.fullmatch(text) or text.startswith("cpu:"):
+        raise ConfigError(f"{option}: {spec!r} is not a device; use {DEVICE_FORMS}")
+    device = torch.device(text)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device: {spec!r} requested but this torch build sees no CUDA device")
+        raise ConfigError(f"{option}: {spec!r} requested but this torch build sees no CUDA device")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"{option}: {spec!r} requested but only {torch.cuda.device_count()} CUDA devices exist")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"{option}: {spec!r} requested but this machine has no MPS device; use {DEVICE_FORMS}")
     return device
 
 
@@ -83,17 +98,21 @@ def run_dir_for(exp: Experiment) -> Path:
     return Path(exp.run.out_dir).expanduser() / run_name(exp)
 
 
+def has_checkpoint(run_dir: Path) -> bool:
+    """Whether the run folder holds a checkpoint to resume (``latest``, else a step file)."""
+    return (run_dir / "checkpoints").is_dir() and latest_checkpoint(run_dir / "checkpoints") is not None
+
+
 def prepare_run_dir(exp: Experiment, split: Split, resume: bool) -> Path:
     """Create the run folder and record the config, split and environment in it."""
     run_dir = run_dir_for(exp)
-    ckpt = run_dir / "checkpoints" / "latest"
-    if ckpt.exists() and not resume:
+    if has_checkpoint(run_dir) and not resume:
         raise ConfigError(
             f"{run_dir}: a run with this configuration already has checkpoints; "
             f"resume it with --resume or choose another run.name / run.out_dir"
         )
     if resume and (run_dir / "config.yaml").is_file():
-        check_same_config(run_dir / "config.yaml", exp)
+        check_resume(run_dir, exp, split)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".write_test"
@@ -103,22 +122,10 @@ def prepare_run_dir(exp: Experiment, split: Split, resume: bool) -> Path:
         raise ConfigError(f"{run_dir}: output folder is not writable ({exc.strerror or exc})") from None
     (run_dir / "config.yaml").write_text(dump_yaml(exp))
     write_split(split, run_dir / "split.yaml")
+    record_data_files(run_dir, exp, split)
     (run_dir / "env.json").write_text(json.dumps(environment(), indent=2))
     get_format(exp).record_run(run_dir)
     return run_dir
-
-
-def check_same_config(saved: Path, exp: Experiment) -> None:
-    """A resumed run must keep the settings it was started with (schedules depend on them)."""
-    from vasseg.config import load_config, to_dict
-
-    ignored = {("train", "progress"), ("train", "log_every"), ("train", "device")}
-    old, new = to_dict(load_config(saved)), to_dict(exp)
-    changed = [f"{sec}.{key}" for sec in old if sec != "run" and isinstance(old[sec], dict)
-               for key in old[sec] if (sec, key) not in ignored and old[sec].get(key) != new[sec].get(key)]
-    if changed:
-        raise ConfigError(f"{saved.parent}: cannot resume with changed settings ({', '.join(changed[:5])}); "
-                          f"use another run.name or run.out_dir")
 
 
 def environment() -> dict[str, str]:

@@ -183,8 +183,20 @@ def child_env(jobs_at_once: int) -> dict[str, str]:
     return env
 
 
+def _has_checkpoint(run_dir: Path) -> bool:
+    """Whether ``--resume`` has something to continue; a damaged pointer is the training's to report."""
+    from vasseg.engine.checkpoint import CheckpointError
+    from vasseg.engine.setup import has_checkpoint
+
+    try:
+        return has_checkpoint(run_dir)
+    except CheckpointError:
+        return True
+
+
 def start_train(job: Job, out: Path, resume: bool, env: dict[str, str]) -> None:
     job.log_path = out / "logs" / f"{job.name}.log"
+    resume = resume and _has_checkpoint(job.run_dir)  # a job that never saved one starts afresh
     cmd = [sys.executable, "-m", "vasseg", "train", "--quiet", *(["--resume"] if resume else []),
            "--config", job.config, f"train.seed={job.seed}", f"run.out_dir={out}", *job.overrides]
     with job.log_path.open("a" if resume else "w") as fh:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from vasseg.atomic import check_output_dir, published_dir
+from vasseg.outfolder import Owner, check_folder, published_folder
 from vasseg.report.collect import Group, group_runs, load_records, with_results
 from vasseg.report.document import Block, Heading, Paragraph, render_markdown
 from vasseg.report.features import parse_layer
@@ -52,7 +52,8 @@ def make_context(paths: list[str | Path], out_dir: Path, options: ReportOptions)
     evaluated = with_results(groups)
     reference = choose_reference(evaluated or groups, options.reference)
     groups, evaluated = reference_first(groups, reference), reference_first(evaluated, reference)
-    return Context(options, out_dir, records, groups, evaluated, reference, select_device(options.device))
+    device = select_device(options.device, "--device")
+    return Context(options, out_dir, records, groups, evaluated, reference, device)
 
 
 def reference_first(groups: list[Group], reference: str) -> list[Group]:
@@ -82,33 +83,22 @@ def run_sections(ctx: Context) -> list[Block]:
     return blocks
 
 
-REPORT_ENTRIES = frozenset({"report.md", "report.html", "figures", "tables"})
+# What a report folder holds (vasseg.outfolder: the overwrite rule).
+REPORT_OUTPUT = Owner("report", ("report.md", "report.html", "figures", "tables"))
 
 
-def check_report_dir(out: Path) -> None:
-    """Refuse, before any work, a folder that cannot be written or holds more than a report.
-
-    The new report replaces the folder as a whole (so a failure half-way, e.g. a full disk,
-    leaves the previous report intact); files that are not a report's are never deleted that way.
-    """
-    check_output_dir(out)
-    if out.is_dir():
-        foreign = sorted(p.name for p in out.iterdir() if p.name not in REPORT_ENTRIES)
-        if foreign:
-            raise ValueError(f"{out}: holds {foreign[0]!r}, which is not part of a vasseg report; the report "
-                             f"replaces its folder as a whole, so give a new or empty --out folder")
-
-
-def build_report(paths: list[str | Path], out_dir: str | Path, options: ReportOptions | None = None) -> Path:
+def build_report(paths: list[str | Path], out_dir: str | Path, options: ReportOptions | None = None,
+                 overwrite: bool = False) -> Path:
     """Write the report for the runs under ``paths`` into ``out_dir``; returns ``report.html``.
 
-    The folder appears complete or not at all (a previous report stays as it was on failure).
+    The report appears complete or not at all (a previous report stays as it was on failure). A
+    folder holding other files is refused unless ``overwrite``, and even then they stay.
     """
     options = options or ReportOptions()
     check_options(options)
     out = Path(out_dir).expanduser().resolve()
-    check_report_dir(out)
-    with published_dir(out, "the report") as tmp:
+    check_folder(out, REPORT_OUTPUT, overwrite)
+    with published_folder(out, REPORT_OUTPUT, "the report") as tmp:
         ctx = make_context(paths, tmp, options)
         blocks: list[Block] = [Heading(options.title, 1), *runs_overview(ctx), *run_sections(ctx)]
         (tmp / "report.md").write_text(render_markdown(blocks))

@@ -15,6 +15,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``report`` subcommand's flags."""
     parser.add_argument("runs", nargs="+", help="run folders, or folders searched (recursively) for run folders")
     parser.add_argument("--out", default="report", help="report folder to write (default: ./report)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into a folder that holds other files (only an earlier report is replaced)")
     parser.add_argument("--eval", dest="eval_name", default="val_last",
                         help="evaluation folder of each run: eval/<split>_<checkpoint>, e.g. val_last "
                              "(default), test_last, test_best, test_step_006000")
@@ -59,6 +61,6 @@ def run(args: argparse.Namespace) -> int:
         feature_points=args.feature_points, min_pairs=args.min_pairs,
         slice_axis=args.slice_axis, title=args.title, progress=not args.quiet,
     )
-    html = build_report(list(args.runs), args.out, options)
+    html = build_report(list(args.runs), args.out, options, overwrite=args.overwrite)
     print(html)
     return 0
