@@ -268,8 +268,8 @@ def test_existing_output_needs_overwrite_and_foreign_files_survive(source: Path,
     for _ in range(2):  # the second run replaces the first one's dataset, never old.txt
         prepare_dataset([source], out, PrepareOptions(shape=SMALL, overwrite=True), progress=False)
         assert (out / "old.txt").read_text() == "x" and (out / "prepared.json").is_file()
-    assert sorted(p.name for p in out.iterdir()) == [".vasseg-output.json", "cases", "old.txt", "prepared.json",
-                                                     "test.list", "train.list"]
+    assert sorted(p.name for p in out.iterdir()) == [".vasseg-output.json", "cases", "config.yaml", "old.txt",
+                                                     "prepared.json", "split.yaml", "test.list", "train.list"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary leftovers
     empty = tmp_path / "empty"
     empty.mkdir()
