@@ -6,9 +6,10 @@
 ``modes``: the lineage's full-resolution VNet (112x112x80 patch, filters 16, random weights: the
 time does not depend on them) on real LA images (``--data``, z-scored, their own shapes), each
 (mode, precision) once per case, the order rotating from case to case. A first, untimed case
-warms the kernels up; a new shape still costs oneDNN a kernel set in ``whole`` mode, and that
-cost is in the numbers (every case of a real dataset has its own shape). ``stride`` is the dense
-18x18x4 (tens of seconds per case: give it its own run).
+warms the kernels up (not for ``stride``, the dense 18x18x4, whose 30-60 windows per case
+amortise them; tens of seconds per case: give it its own run); a new shape still costs oneDNN a
+kernel set in ``whole`` mode, and that cost is in the numbers (every case of a real dataset has
+its own shape).
 
 ``monai``: the dense windows of the CPU-scale protocol (48x48x32 patch, stride 9x9x2, LA images
 down-sampled by 2) through :func:`vasseg.engine.inference.sliding_window_probs` and MONAI's
@@ -63,14 +64,16 @@ def run_modes(args: argparse.Namespace) -> None:
     combos = [(m, p) for m in args.modes.split(",") for p in args.precisions.split(",")]
     patch, stride = (112, 112, 80), (18, 18, 4)
     warm, *cases = la_images(Path(args.data), args.cases + 1)
-    for mode, prec in combos:  # untimed: every kernel of the window shapes once
-        infer_probs(predict, warm[1], patch, MODES[mode], stride, 2, args.batch, dtype=PRECISIONS[prec])
+    for mode, prec in [c for c in combos if c[0] != "stride"]:  # untimed: the window shapes' kernels once
+        infer_probs(predict, warm[1], patch, MODES[mode], stride, 2, args.batch, dtype=PRECISIONS[prec],
+                    channels_last=args.channels_last)
     times: dict[tuple[str, str], list[float]] = {c: [] for c in combos}
     for i, (case, image) in enumerate(cases):
         order = combos[i % len(combos):] + combos[: i % len(combos)]
         for mode, prec in order:
             start = time.perf_counter()
-            infer_probs(predict, image, patch, MODES[mode], stride, 2, args.batch, dtype=PRECISIONS[prec])
+            infer_probs(predict, image, patch, MODES[mode], stride, 2, args.batch, dtype=PRECISIONS[prec],
+                        channels_last=args.channels_last)
             times[(mode, prec)].append(time.perf_counter() - start)
         shape = "x".join(map(str, image.shape[1:]))
         print(f"{case} ({shape}): " + ", ".join(f"{m} {p} {times[(m, p)][-1]:.2f}s" for m, p in combos),
@@ -86,7 +89,7 @@ def run_modes(args: argparse.Namespace) -> None:
 def run_monai(args: argparse.Namespace) -> None:
     from monai.inferers import sliding_window_inference
 
-    predict = make_predictor(network(args.channels_last))
+    predict = make_predictor(network(False))  # the evaluate path: contiguous
     patch, stride = (48, 48, 32), (9, 9, 2)
     overlap = [1 - s / p for s, p in zip(stride, patch)]
     images = [(c, F.interpolate(x[None], scale_factor=0.5, mode="trilinear", align_corners=False)[0])
@@ -132,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precisions", default="fp32,bf16")
     parser.add_argument("--repeats", type=int, default=3, help="monai: rounds over the cases")
     parser.add_argument("--batch", type=int, default=4, help="windows per forward pass")
-    parser.add_argument("--channels-last", action="store_true", help="channels-last 3-D network and input")
+    parser.add_argument("--contiguous", dest="channels_last", action="store_false",
+                        help="modes: contiguous network and input (default: channels-last 3-D, as vasseg predict)")
     args = parser.parse_args(argv)
     retain_freed_memory()
     torch.set_grad_enabled(False)

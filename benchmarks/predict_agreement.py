@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from vasseg.data.setup import iter_cases
-from vasseg.engine.evaluate import case_probs, on_grid, scoring_grids
+from vasseg.engine.evaluate import on_grid, scoring_grids
 from vasseg.engine.hostmem import retain_freed_memory
 from vasseg.engine.loading import load_run
 from vasseg.engine.predict import model_probs
@@ -33,7 +33,9 @@ from vasseg.engine.run import split_ids
 from vasseg.engine.windows import Windows
 from vasseg.metrics import dice
 
-MODES = {"stride": Windows("stride"), "overlap": Windows("overlap", overlap=0.5), "whole": Windows("whole")}
+MODES = {"stride": Windows("stride"), "overlap": Windows("overlap", overlap=0.5),
+         "overlap0.75": Windows("overlap", overlap=0.75), "whole": Windows("whole")}
+LABELS = {"stride": "stride (eval.stride)", "overlap": "overlap 0.5", "overlap0.75": "overlap 0.75", "whole": "whole"}
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -58,18 +60,17 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(score_case(method, case, exp, device, grid))
         print(f"{case.id}: " + ", ".join(f"{k} {v['dice_gt']:.4f}/{v['dice_dense']:.4f}/{v['seconds']:.1f}s"
                                          for k, v in rows[-1]["modes"].items()), file=sys.stderr, flush=True)
+        if args.json:  # after every case: a stopped run keeps what it measured
+            Path(args.json).write_text(json.dumps(rows, indent=1))
     print(table(rows, exp.eval.stride, loaded.run_dir, loaded.step, grid))
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0
 
 
 def score_case(method, case, exp, device: torch.device, grid: str) -> dict:
     """Every (mode, precision) of one case through ``vasseg predict``'s path (:func:`model_probs`,
-    channels-last): Dice vs ground truth and vs the dense fp32 map of ``vasseg evaluate``'s path
-    (:func:`case_probs`), seconds, largest probability difference to the same mode in fp32."""
+    channels-last): Dice vs ground truth and vs the dense fp32 map, seconds, largest probability
+    difference to the same mode in fp32."""
     probs, maps, seconds = {}, {}, {}
-    reference = on_grid(case_probs(method, case, exp, device), case, exp, grid)
     for mode, windows in MODES.items():
         for name, dtype in PRECISIONS.items():
             start = time.perf_counter()
@@ -77,7 +78,7 @@ def score_case(method, case, exp, device: torch.device, grid: str) -> dict:
             seconds[f"{mode} {name}"] = time.perf_counter() - start
             probs[f"{mode} {name}"] = p
             maps[f"{mode} {name}"] = on_grid(p, case, exp, grid)
-    dense, ref, _ = reference
+    dense, ref, _ = maps["stride fp32"]
     out = {"case": case.id, "modes": {}}
     for key, (pred, _, _) in maps.items():
         mode = key.split()[0]
@@ -92,9 +93,9 @@ def score_case(method, case, exp, device: torch.device, grid: str) -> dict:
 
 def table(rows: list[dict], stride, run_dir: Path, step: int, grid: str) -> str:
     keys = list(rows[0]["modes"])
-    gt_dense = [r["modes"]["stride fp32"]["dice_gt"] for r in rows]  # == evaluate's up to rounding
+    gt_dense = [r["modes"]["stride fp32"]["dice_gt"] for r in rows]
     lines = [f"{len(rows)} validation cases of {run_dir.name} (step {step}), scored on the {grid} grid; "
-             f"dense = stride {'x'.join(map(str, stride))} fp32 through `vasseg evaluate`'s path.\n",
+             f"dense = stride {'x'.join(map(str, stride))} fp32 (`vasseg evaluate`'s protocol).\n",
              "| mode | precision | Dice vs dense fp32 (mean / min) | Dice vs ground truth (mean) | "
              "paired diff vs dense fp32 (mean, min) | max prob diff vs same mode fp32 | s/case (mean) |",
              "|---|---|---|---|---|---|---|"]
@@ -104,7 +105,7 @@ def table(rows: list[dict], stride, run_dir: Path, step: int, grid: str) -> str:
         gt = [v["dice_gt"] for v in vals]
         diff = [g - d for g, d in zip(gt, gt_dense)]
         mode, prec = key.split()
-        lines.append(f"| {mode} | {prec} | {statistics.mean(agree):.4f} / {min(agree):.4f} | "
+        lines.append(f"| {LABELS[mode]} | {prec} | {statistics.mean(agree):.4f} / {min(agree):.4f} | "
                      f"{100 * statistics.mean(gt):.2f} % | {100 * statistics.mean(diff):+.3f} pp, "
                      f"{100 * min(diff):+.3f} pp | {max(v['max_prob_diff_vs_fp32'] for v in vals):.4f} | "
                      f"{statistics.mean(v['seconds'] for v in vals):.2f} |")

@@ -25,9 +25,9 @@ import torch
 
 from vasseg.classes import class_names as experiment_class_names
 from vasseg.config import Experiment
-from vasseg.engine.precision import describe_precision, resolve_precision
+from vasseg.engine.precision import resolve_precision
 from vasseg.engine.predict import label_ids, model_probs, preprocess, preprocessing_for_run, to_input_grid
-from vasseg.engine.windows import PREDICT_DEFAULT, Windows
+from vasseg.engine.windows import PREDICT_DEFAULT, Windows, describe_inference
 from vasseg.io import Volume, read_volume
 from vasseg.methods.base import Method
 
@@ -74,8 +74,7 @@ class Model:
 
     def describe_inference(self) -> str:
         """``windows ...; precision ...``: how this model segments, for logs and reports."""
-        return (f"windows: {self.windows.describe(self.exp.eval.stride)}; "
-                f"precision: {describe_precision(self.precision, self.device)}")
+        return describe_inference(self.windows, self.exp.eval.stride, self.precision, self.device)
 
     @property
     def class_names(self) -> tuple[str, ...]:

@@ -28,8 +28,8 @@ from vasseg.engine.setup import build_method, prepare_run_dir, run_dir_for, seed
 from vasseg.engine import distributed
 from vasseg.engine.distributed import DistInfo
 from vasseg.engine.lock import run_lock
-from vasseg.engine.precision import describe_precision, resolve_precision
-from vasseg.engine.windows import EVALUATE_DEFAULT, Windows
+from vasseg.engine.precision import resolve_precision
+from vasseg.engine.windows import EVALUATE_DEFAULT, Windows, describe_inference
 from vasseg.engine.trainer import Trainer
 from vasseg.atomic import check_output_dir, published_dir
 from vasseg.methods import get_method
@@ -154,7 +154,7 @@ def evaluate_val_split(exp: Experiment, trainer: Trainer, data: DataBundle, run_
                        device: torch.device) -> None:
     """Score the last weights on the validation split into ``run_dir/eval/val_last``."""
     rows = evaluate_cases(trainer.method, data.val, exp, device, progress=exp.train.progress)
-    inference = f"windows: {EVALUATE_DEFAULT.describe(exp.eval.stride)}; precision: fp32"
+    inference = describe_inference(EVALUATE_DEFAULT, exp.eval.stride, "fp32", device)
     with published_dir(run_dir / "eval" / "val_last", "the evaluation results") as tmp:
         table = write_results(rows, summarize_rows(rows), tmp, exp.method.name, str(exp.data.labeled),
                               "Validation split, last checkpoint.", exp.data.class_names, inference)
@@ -207,7 +207,7 @@ def evaluate_run(target: str | Path, split: str = "val", checkpoint: str = "last
     out_dir = Path(out).expanduser() if out else loaded.run_dir / "eval" / f"{name}_{loaded.checkpoint.stem}"
     check_output_dir(out_dir)
     cases = iter_cases(exp, ids, source)
-    inference = f"windows: {windows.describe(exp.eval.stride)}; precision: {describe_precision(precision, dev)}"
+    inference = describe_inference(windows, exp.eval.stride, precision, dev)
     log.info("evaluate %s: %s", loaded.checkpoint, inference)
     rows = evaluate_cases(loaded.method, cases, exp, dev, progress=progress, total=len(ids), windows=windows,
                           dtype=dtype)

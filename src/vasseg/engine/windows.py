@@ -38,7 +38,7 @@ from vasseg.engine.inference import (
     pad_volume,
     sliding_window_probs,
 )
-from vasseg.engine.precision import with_precision
+from vasseg.engine.precision import describe_precision, with_precision
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,11 @@ class Windows:
             return f"overlap {self.overlap:g}, Gaussian weighting (sigma = patch/8)"
         fallback = Windows("stride" if self.stride else "overlap", self.stride, self.overlap)
         return f"whole volume (padded to a multiple of {MULTIPLE}; fallback: {fallback.describe(default_stride)})"
+
+
+def describe_inference(windows: Windows, default_stride: Triple, precision: str, device: torch.device) -> str:
+    """``windows: ...; precision: ...``, the line logs and evaluation summaries carry."""
+    return f"windows: {windows.describe(default_stride)}; precision: {describe_precision(precision, device)}"
 
 
 PREDICT_DEFAULT = Windows("whole")  # chosen from benchmarks/RESULTS.md §10 (agreement with the dense windows)
