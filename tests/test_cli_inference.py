@@ -33,15 +33,14 @@ def test_predict_states_and_applies_windows_and_precision(run, phantom_root, tmp
     source = phantom_h5(phantom_root)
     with caplog.at_level(logging.INFO, logger="vasseg"):
         default = _predict(run, source, tmp_path / "default.nii.gz")
-    assert "windows: whole volume" in caplog.text and "precision: " in caplog.text
+    assert "windows: stride 8x8x8; precision: " in caplog.text  # the config's eval.stride
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="vasseg"):
         dense = _predict(run, source, tmp_path / "dense.nii.gz", "--precision", "fp32", "--stride", "8", "8", "8")
     assert "windows: stride 8x8x8; precision: fp32" in caplog.text
     overlap = _predict(run, source, tmp_path / "overlap.nii.gz", "--precision", "fp32", "--overlap", "0.5")
-    sliding = _predict(run, source, tmp_path / "sliding.nii.gz", "--precision", "fp32", "--window", "sliding")
-    assert np.array_equal(overlap, sliding)  # --window sliding is overlap 0.5 for predict
-    for labels in (default, overlap):
+    whole = _predict(run, source, tmp_path / "whole.nii.gz", "--precision", "fp32", "--window", "whole")
+    for labels in (default, overlap, whole):
         assert labels.shape == dense.shape
         if dense.any() or labels.any():
             assert dice(labels == 1, dense == 1) >= 0.9

@@ -57,7 +57,7 @@ class Model:
         preprocessing: the preprocessing record (see :mod:`vasseg.engine.predict`).
         precision: ``auto`` (bf16 where the device computes it natively), ``fp32`` or ``bf16``.
         windows: how a volume is covered (:class:`~vasseg.engine.windows.Windows`; default: the
-            whole volume in one pass, windows when memory does not allow it).
+            config's ``eval.stride`` windows, as ``vasseg evaluate``).
     """
 
     exp: Experiment
@@ -151,7 +151,7 @@ def load_model(path: str | Path, checkpoint: str = "last", device: str | torch.d
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:N``.
         precision: ``auto`` (bf16 on CUDA and on CPUs with bf16 instructions, else fp32),
             ``fp32`` or ``bf16``.
-        windows: how volumes are covered (default: whole volume, windows when it does not fit).
+        windows: how volumes are covered (default: ``Windows("stride")``, the config's ``eval.stride``).
 
     Raises a one-line error (a :class:`~vasseg.engine.checkpoint.CheckpointError`,
     :class:`~vasseg.config.ConfigError` or ``ValueError``) naming the file when it cannot be loaded.

@@ -24,8 +24,8 @@ def _add_inference(p: argparse.ArgumentParser, precision: str, windows: str) -> 
                    help=f"compute precision; auto: bf16 on CUDA and on CPUs with bf16 instructions, else fp32 "
                         f"(default: {precision})")
     p.add_argument("--window", choices=("sliding", "whole"),
-                   help=f"whole: one forward pass on the volume padded to a multiple of 16 (windows when memory "
-                        f"does not allow it); sliding: windows (default: {windows})")
+                   help=f"whole: one forward pass on the volume padded to a multiple of 16 (overlap windows when "
+                        f"memory does not allow it); sliding: windows (default: {windows})")
     p.add_argument("--stride", type=int, nargs=3, metavar=("X", "Y", "Z"),
                    help="sliding windows at this stride in the model's voxels, probabilities averaged")
     p.add_argument("--overlap", type=float, metavar="F",
@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spacing", type=float, nargs=3, metavar=("X", "Y", "Z"),
                    help=".h5 inputs without --reference: voxel size in mm (default: the model's data.spacing)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (even an input image)")
-    _add_inference(p, "auto", "whole")
+    _add_inference(p, "auto", "the config's eval.stride, as evaluate")
     _add_common(p)
 
     p = sub.add_parser("export", help="write a run's network as one portable model file (.safetensors)")

@@ -65,7 +65,7 @@ class PredictOptions:
     overwrite: bool = False
     progress: bool = True
     precision: str | None = None  # auto | fp32 | bf16 (None: the model's, auto for a loaded one)
-    windows: Windows | None = None  # None: the model's (whole volume for a loaded one)
+    windows: Windows | None = None  # None: the model's (eval.stride windows for a loaded one)
 
 
 @dataclass(frozen=True)
