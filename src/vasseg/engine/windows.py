@@ -4,8 +4,8 @@ overlap, or the whole volume at once.
 Modes (:class:`Windows`):
 
 - ``stride``: the lineage's windows at an explicit stride (in the model's voxels), probabilities
-  averaged (:func:`vasseg.engine.inference.sliding_window_probs`). ``vasseg evaluate`` uses it with
-  ``eval.stride`` (the paper protocol) unless told otherwise.
+  averaged (:func:`vasseg.engine.inference.sliding_window_probs`). ``vasseg evaluate`` and
+  ``vasseg predict`` use it with ``eval.stride`` (the paper protocol) unless told otherwise.
 - ``overlap``: nnU-Net's sliding window. Along each axis ``n = ceil((dim - patch) / (patch * (1 -
   overlap))) + 1`` windows spread evenly (``round(j * (dim - patch) / (n - 1))``, the last one flush
   with the border), every window's probabilities weighted by a Gaussian importance map centred on
