@@ -8,6 +8,8 @@ Variants (each a set of engine switches; the method code is identical):
   amp      plain + bf16 autocast (CUDA) + channels-last 3-D
   fast     amp + torch.compile of the networks
   lineage  fp32, per-sample NumPy augmentation in a 4-worker DataLoader (the lineage's way)
+  cl       fp32, channels-last 3-D (the CPU-scale configs' setting)
+  bf16     cl + bf16 autocast on any device (train.amp=bf16; on a CPU: oneDNN's bf16 kernels)
 The volumes are synthetic phantoms of LA size (the timing does not depend on the content).
 Prints a markdown table; ``--json`` also writes the numbers. ``--interleave`` times one step of
 every (method, variant) per round instead of one pair after the other: on a shared CPU host whose
@@ -44,6 +46,8 @@ VARIANTS = {
     "amp": {"amp": "auto", "channels_last": "on", "compile": False},
     "fast": {"amp": "auto", "channels_last": "on", "compile": True},
     "lineage": {"amp": "none", "channels_last": "off", "compile": False},
+    "cl": {"amp": "none", "channels_last": "on", "compile": False},
+    "bf16": {"amp": "bf16", "channels_last": "on", "compile": False},
 }
 
 

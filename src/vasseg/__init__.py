@@ -16,11 +16,11 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["Model", "__version__", "load_model"]
+__all__ = ["Model", "Windows", "__version__", "load_model"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("Model", "load_model"):
+    if name in ("Model", "load_model", "Windows"):
         from vasseg import api
 
         return getattr(api, name)

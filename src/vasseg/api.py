@@ -17,7 +17,7 @@ on the input's grid, whatever resolution the network ran at.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,9 @@ import torch
 
 from vasseg.classes import class_names as experiment_class_names
 from vasseg.config import Experiment
+from vasseg.engine.precision import resolve_precision
 from vasseg.engine.predict import label_ids, model_probs, preprocess, preprocessing_for_run, to_input_grid
+from vasseg.engine.windows import PREDICT_DEFAULT, Windows, describe_inference
 from vasseg.io import Volume, read_volume
 from vasseg.methods.base import Method
 
@@ -54,6 +56,9 @@ class Model:
         source: the run folder's checkpoint or the model file it was loaded from.
         step: the training step of the weights.
         preprocessing: the preprocessing record (see :mod:`vasseg.engine.predict`).
+        precision: ``auto`` (bf16 where the device computes it natively), ``fp32`` or ``bf16``.
+        windows: how a volume is covered (:class:`~vasseg.engine.windows.Windows`; default: the
+            config's ``eval.stride`` windows, as ``vasseg evaluate``).
     """
 
     exp: Experiment
@@ -62,6 +67,15 @@ class Model:
     source: Path
     step: int
     preprocessing: dict[str, Any]
+    precision: str = "auto"
+    windows: Windows = PREDICT_DEFAULT
+
+    def __post_init__(self) -> None:
+        self.dtype = resolve_precision(self.precision, self.device)  # refuses an unknown name
+
+    def describe_inference(self) -> str:
+        """``windows ...; precision ...``: how this model segments, for logs and reports."""
+        return describe_inference(self.windows, self.exp.eval.stride, self.precision, self.device)
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -75,7 +89,8 @@ class Model:
         return label_ids(self.preprocessing, self.exp.data.num_classes)
 
     def predict(self, x: ArrayLike | str | Path, probs: bool = False, tta: bool = False,
-                spacing: tuple[float, float, float] | None = None) -> np.ndarray:
+                spacing: tuple[float, float, float] | None = None, precision: str | None = None,
+                windows: Windows | None = None) -> np.ndarray:
         """The label map ``(X, Y, Z)`` of ``x``, or with ``probs=True`` its class probabilities
         ``(K, X, Y, Z)`` float32 (summing to 1 per voxel; their argmax is the label map's class).
 
@@ -84,8 +99,13 @@ class Model:
             probs: return probabilities instead of labels.
             tta: average over the 4 x-y flips (4x slower).
             spacing: voxel size in mm of an array or an ``.h5`` file (default: ``data.spacing``).
+            precision: ``auto``, ``fp32`` or ``bf16`` for this call (default: the model's).
+            windows: how the volume is covered for this call (default: the model's).
         """
-        result = self.predict_volume(self.volume(x, spacing), with_probs=probs, tta=tta)
+        model = self
+        if precision is not None or windows is not None:
+            model = replace(self, precision=precision or self.precision, windows=windows or self.windows)
+        result = model.predict_volume(model.volume(x, spacing), with_probs=probs, tta=tta)
         return result.probs if probs else result.labels
 
     def volume(self, x: ArrayLike | str | Path, spacing: tuple[float, float, float] | None = None) -> Volume:
@@ -99,7 +119,7 @@ class Model:
                        image: torch.Tensor | None = None) -> Prediction:
         """Segment a read volume; ``image`` is its :meth:`preprocess` output when already computed."""
         image = self.preprocess(volume) if image is None else image
-        probs = model_probs(self.method, image, self.exp, self.device, tta)
+        probs = model_probs(self.method, image, self.exp, self.device, tta, self.windows, self.dtype)
         labels, native = to_input_grid(probs, volume, self.preprocessing, with_probs)
         return Prediction(labels, native)
 
@@ -127,13 +147,17 @@ def array_volume(x: ArrayLike, spacing: tuple[float, ...]) -> Volume:
                   label=None, header=None, source=Path("<array>"))
 
 
-def load_model(path: str | Path, checkpoint: str = "last", device: str | torch.device = "auto") -> Model:
+def load_model(path: str | Path, checkpoint: str = "last", device: str | torch.device = "auto",
+               precision: str = "auto", windows: Windows = PREDICT_DEFAULT) -> Model:
     """Load a run folder, a checkpoint file or an exported model file (``vasseg export``).
 
     Args:
         path: run folder, ``<run>/checkpoints/*.pt`` or a ``.safetensors`` model file.
         checkpoint: for a run folder, ``last`` (default) or ``best``.
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:N``.
+        precision: ``auto`` (bf16 on CUDA and on CPUs with bf16 instructions, else fp32),
+            ``fp32`` or ``bf16``.
+        windows: how volumes are covered (default: ``Windows("stride")``, the config's ``eval.stride``).
 
     Raises a one-line error (a :class:`~vasseg.engine.checkpoint.CheckpointError`,
     :class:`~vasseg.config.ConfigError` or ``ValueError``) naming the file when it cannot be loaded.
@@ -143,6 +167,7 @@ def load_model(path: str | Path, checkpoint: str = "last", device: str | torch.d
     from vasseg.export import is_model_file, load_model_file
 
     dev = device if isinstance(device, torch.device) else select_device(device, "device")
+    resolve_precision(precision, dev)  # an unknown name fails before the weights are read
     path = Path(path).expanduser()
     if is_model_file(path):
         loaded, model_file = load_model_file(path, dev, which=checkpoint)
@@ -150,5 +175,8 @@ def load_model(path: str | Path, checkpoint: str = "last", device: str | torch.d
     else:
         loaded = load_run(path, checkpoint, dev)
         prep = preprocessing_for_run(loaded.exp, loaded.run_dir)
-    log.info("loaded %s (step %d, %s) on %s", loaded.checkpoint, loaded.step, loaded.exp.method.name, dev)
-    return Model(loaded.exp, loaded.method, dev, loaded.checkpoint, loaded.step, prep)
+    loaded.method.to(memory_format=torch.channels_last_3d)  # the layout model_probs feeds it
+    model = Model(loaded.exp, loaded.method, dev, loaded.checkpoint, loaded.step, prep, precision, windows)
+    log.info("loaded %s (step %d, %s) on %s; %s", loaded.checkpoint, loaded.step, loaded.exp.method.name, dev,
+             model.describe_inference())
+    return model

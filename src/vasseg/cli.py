@@ -20,6 +20,29 @@ OVERWRITE_FOLDER_HELP = ("write into an output folder that holds other files; on
 CHECKPOINT_HELP = "for a run folder: last (default) or best (validation-selected)"
 
 
+def _add_inference(p: argparse.ArgumentParser, precision: str, windows: str) -> None:
+    """--precision, --window, --stride, --overlap (see vasseg.engine.windows); defaults named in the help."""
+    p.add_argument("--precision", default=precision, choices=("auto", "fp32", "bf16"),
+                   help=f"compute precision; auto: bf16 on CUDA and on CPUs with bf16 instructions, else fp32 "
+                        f"(default: {precision})")
+    p.add_argument("--window", choices=("sliding", "whole"),
+                   help=f"whole: one forward pass on the volume padded to a multiple of 16 (overlap windows when "
+                        f"memory does not allow it); sliding: windows (default: {windows})")
+    p.add_argument("--stride", type=int, nargs=3, metavar=("X", "Y", "Z"),
+                   help="sliding windows at this stride in the model's voxels, probabilities averaged")
+    p.add_argument("--overlap", type=float, metavar="F",
+                   help="sliding windows sharing this fraction of the patch, Gaussian-weighted (nnU-Net: 0.5)")
+
+
+def _inference_args(args: argparse.Namespace, command: str) -> dict[str, object]:
+    """``precision`` and ``windows`` keywords from the flags of :func:`_add_inference`."""
+    from vasseg.engine.windows import EVALUATE_DEFAULT, PREDICT_DEFAULT, windows_from_options
+
+    default = PREDICT_DEFAULT if command == "predict" else EVALUATE_DEFAULT
+    return {"precision": args.precision,
+            "windows": windows_from_options(args.window, args.stride, args.overlap, default)}
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
     p.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
@@ -50,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--out", help="output folder (default: <run>/eval/<split>_<checkpoint>)")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_FOLDER_HELP)
+    _add_inference(p, "fp32", "the config's eval.stride, the paper protocol")
     _add_common(p)
 
     p = sub.add_parser("predict", help="segment images (a file, a folder or a glob) into NIfTI label maps")
@@ -69,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="replace existing outputs: a single output file (even an input image), or in a folder "
                         "predict's own earlier label maps (other files there stay)")
+    _add_inference(p, "auto", "the config's eval.stride, as evaluate")
     _add_common(p)
 
     p = sub.add_parser("export", help="write a run's network as one portable model file (.safetensors)")
@@ -158,7 +183,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from vasseg.engine.run import evaluate_run
 
     out_dir, table = evaluate_run(args.run, args.split, args.checkpoint, args.data_root, args.device,
-                                  args.out, progress=not args.quiet, overwrite=args.overwrite)
+                                  args.out, progress=not args.quiet, overwrite=args.overwrite,
+                                  **_inference_args(args, "evaluate"))
     print(table)
     print(f"results: {out_dir}")
     return 0
@@ -170,7 +196,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     options = PredictOptions(
         checkpoint=args.checkpoint, device=args.device, save_probabilities=args.save_probabilities, tta=args.tta,
         reference=args.reference, spacing=tuple(args.spacing) if args.spacing else None, overwrite=args.overwrite,
-        progress=not args.quiet,
+        progress=not args.quiet, **_inference_args(args, "predict"),
     )
     result = predict_paths(args.model, args.input, args.output, options)
     for path in result.written:

@@ -34,7 +34,7 @@ from tqdm import tqdm
 from vasseg.config import Experiment
 from vasseg.data.format import get_format
 from vasseg.data.volumes import Case, VolumeSet, resized_argmax
-from vasseg.engine.inference import sliding_window_probs
+from vasseg.engine.windows import EVALUATE_DEFAULT, Windows, infer_probs
 from vasseg.methods.base import Method
 from vasseg.metrics import CaseMetrics, Summary, format_mean_std, per_class_metrics, summarize
 from vasseg.outfolder import Owner
@@ -76,12 +76,12 @@ def scoring_grids(exp: Experiment) -> tuple[str, ...]:
 
 
 @torch.no_grad()
-def case_probs(method: Method, case: Case, exp: Experiment, device: torch.device) -> torch.Tensor:
-    """Sliding-window class probabilities ``(K, X, Y, Z)`` on the model grid of ``case``."""
-    return sliding_window_probs(
-        method.predict, case.image, exp.eval_patch, exp.eval.stride, exp.data.num_classes,
-        batch_size=exp.eval.batch_size, device=device,
-    )
+def case_probs(method: Method, case: Case, exp: Experiment, device: torch.device,
+               windows: Windows = EVALUATE_DEFAULT, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Class probabilities ``(K, X, Y, Z)`` on the model grid of ``case``; by default the paper
+    protocol (``eval.stride`` windows, fp32)."""
+    return infer_probs(method.predict, case.image, exp.eval_patch, windows, exp.eval.stride, exp.data.num_classes,
+                       batch_size=exp.eval.batch_size, device=device, dtype=dtype, filters=exp.model.filters)
 
 
 def native_reference(case: Case, exp: Experiment) -> np.ndarray | None:
@@ -144,7 +144,8 @@ def _row(case_id: str, cls: int, vox: CaseMetrics, mm: CaseMetrics, factor: floa
 
 
 def evaluate_cases(method: Method, cases: VolumeSet | Iterable[Case], exp: Experiment, device: torch.device,
-                   progress: bool = True, total: int | None = None) -> list[Row]:
+                   progress: bool = True, total: int | None = None, windows: Windows = EVALUATE_DEFAULT,
+                   dtype: torch.dtype = torch.float32) -> list[Row]:
     """Predict and score every case on every grid of :func:`scoring_grids`; the method is left in
     eval mode. Rows of the primary grid come first for each case.
 
@@ -152,14 +153,15 @@ def evaluate_cases(method: Method, cases: VolumeSet | Iterable[Case], exp: Exper
     releases the GIL, so on a GPU the surface distances of one case hide behind the inference of
     the next); the rows keep the order of the cases. ``cases`` may be an iterator that reads each
     case when asked (``total``: their number, for the progress bar): at most two cases' arrays
-    are alive at once, so memory does not grow with the number of cases.
+    are alive at once, so memory does not grow with the number of cases. ``windows`` and
+    ``dtype``: how the probabilities are computed (:func:`case_probs`).
     """
     method.eval()
     grids = scoring_grids(exp)
     pending: list[Future[list[Row]]] = []
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="metrics") as pool:
         for case in tqdm(cases, total=total, desc="evaluate", disable=not progress, dynamic_ncols=True):
-            probs = case_probs(method, case, exp, device)
+            probs = case_probs(method, case, exp, device, windows, dtype)
             grid_maps = [on_grid(probs, case, exp, grid) for grid in grids]  # device -> host here
             del probs
             if pending:
@@ -311,9 +313,10 @@ EVAL_OUTPUT = Owner("evaluate", ("cases.csv", "cases_*.csv", "summary.json", "su
 
 
 def write_results(rows: list[Row], summary: dict[str, Any], out_dir: Path, title: str, labeled: str,
-                  note: str = "", class_names: tuple[str, ...] = ()) -> str:
+                  note: str = "", class_names: tuple[str, ...] = (), inference: str = "") -> str:
     """Write ``cases.csv`` (primary grid), ``cases_<grid>.csv`` (other grids), ``summary.json``
-    and ``summary.md`` into ``out_dir``; return the markdown."""
+    and ``summary.md`` into ``out_dir``; return the markdown. ``inference`` says how the
+    probabilities were computed (windows, precision), in both summaries."""
     out_dir.mkdir(parents=True, exist_ok=True)
     primary = summary.get("grid", rows[0].grid if rows else "native")
     _write_csv(out_dir / "cases.csv", [r for r in rows if r.grid == primary])
@@ -321,6 +324,9 @@ def write_results(rows: list[Row], summary: dict[str, Any], out_dir: Path, title
         _write_csv(out_dir / f"cases_{grid}.csv", [r for r in rows if r.grid == grid])
     plain = _plain(summary) | {"grid": primary,
                                "other_grids": {g: _plain(s) for g, s in summary.get("other_grids", {}).items()}}
+    if inference:
+        plain["inference"] = inference
+        note = f"{note} Inference: {inference}.".strip()
     (out_dir / "summary.json").write_text(json.dumps(plain, indent=2))
     table = format_summary(summary, title, labeled, note, class_names)
     (out_dir / "summary.md").write_text(table)

@@ -134,7 +134,7 @@ def make_predictor(
         return result if isinstance(result, Tensor) else result.logits  # type: ignore[attr-defined]
 
     def predict(windows: Tensor) -> Tensor:
-        return probs_from_logits(pick(model(windows)), kind)
+        return probs_from_logits(pick(model(windows)).float(), kind)
 
     return predict
 
@@ -232,17 +232,27 @@ def sliding_window_probs(
         padded = tuple(int(s) for s in volume.shape[1:])
         starts = window_grid(padded, patch, stride)
         logger.debug("sliding window: %s -> %s padded, %d windows", shape, padded, len(starts))
-        score = torch.zeros((num_classes, *padded), dtype=torch.float32, device=device)
-        for batch in _batches(starts, batch_size):
-            windows = torch.stack([volume[_window_slices(s, patch)] for s in batch])
-            probs = predict(windows)
-            _check_probs(probs, len(batch), num_classes, patch)
-            probs = probs.to(dtype=torch.float32)
-            # Added one window at a time in grid order: the same float32 sums as the lineage.
-            for start, window_probs in zip(batch, probs):
-                score[_window_slices(start, patch)] += window_probs
+        score = accumulate_windows(predict, volume, starts, patch, num_classes, batch_size)
         score /= coverage_counts(padded, patch, stride, device)
         return crop_volume(score, pads, shape).contiguous().to(out_device)
+
+
+def accumulate_windows(predict: Predictor, volume: Tensor, starts: list[Window], patch: Triple, num_classes: int,
+                       batch_size: int, weight: Tensor | None = None) -> Tensor:
+    """Sum of every window's probabilities (times ``weight`` ``patch``-shaped, when given) over the
+    padded ``volume`` ``(C, X, Y, Z)``: ``(num_classes, X, Y, Z)`` float32 on the volume's device."""
+    score = torch.zeros((num_classes, *volume.shape[1:]), dtype=torch.float32, device=volume.device)
+    for batch in _batches(starts, batch_size):
+        windows = torch.stack([volume[_window_slices(s, patch)] for s in batch])
+        probs = predict(windows)
+        _check_probs(probs, len(batch), num_classes, patch)
+        probs = probs.to(dtype=torch.float32)
+        if weight is not None:
+            probs = probs * weight
+        # Added one window at a time in grid order: the same float32 sums as the lineage.
+        for start, window_probs in zip(batch, probs):
+            score[_window_slices(start, patch)] += window_probs
+    return score
 
 
 def labels_from_probs(probs: Tensor) -> Tensor:

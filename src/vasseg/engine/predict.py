@@ -22,7 +22,8 @@ import torch
 
 from vasseg.config import Experiment
 from vasseg.data.format import format_for_record, get_format
-from vasseg.engine.inference import Predictor, sliding_window_probs
+from vasseg.engine.inference import Predictor
+from vasseg.engine.windows import PREDICT_DEFAULT, Windows, infer_probs
 from vasseg.io import Volume
 from vasseg.methods.base import Method
 
@@ -56,11 +57,14 @@ def flip_tta(predict: Predictor) -> Predictor:
 
 @torch.no_grad()
 def model_probs(method: Method, image: torch.Tensor, exp: Experiment, device: torch.device,
-                tta: bool = False) -> torch.Tensor:
-    """Sliding-window class probabilities ``(K, X', Y', Z')`` float32 of ``image`` ``(1, X', Y', Z')``."""
+                tta: bool = False, windows: Windows = PREDICT_DEFAULT,
+                dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Class probabilities ``(K, X', Y', Z')`` float32 of ``image`` ``(1, X', Y', Z')``, computed in
+    ``dtype`` with ``windows`` (:mod:`vasseg.engine.windows`), channels-last."""
     predict = flip_tta(method.predict) if tta else method.predict
-    return sliding_window_probs(predict, image, exp.eval_patch, exp.eval.stride, exp.data.num_classes,
-                                batch_size=exp.eval.batch_size, device=device)
+    return infer_probs(predict, image, exp.eval_patch, windows, exp.eval.stride, exp.data.num_classes,
+                       batch_size=exp.eval.batch_size, device=device, dtype=dtype, filters=exp.model.filters,
+                       channels_last=True)
 
 
 def label_ids(prep: dict[str, Any], num_classes: int) -> tuple[int, ...]:

@@ -35,6 +35,7 @@ import torch
 from tqdm import tqdm
 
 from vasseg.atomic import atomic_write_bytes
+from vasseg.engine.windows import Windows
 from vasseg.io import (
     HDF5_SUFFIXES,
     NIFTI_SUFFIXES,
@@ -79,6 +80,8 @@ class PredictOptions:
     spacing: tuple[float, float, float] | None = None  # mm, for .h5 inputs without --reference
     overwrite: bool = False
     progress: bool = True
+    precision: str | None = None  # auto | fp32 | bf16 (None: the model's, auto for a loaded one)
+    windows: Windows | None = None  # None: the model's (eval.stride windows for a loaded one)
 
 
 @dataclass(frozen=True)
@@ -302,7 +305,10 @@ def predict_paths(model: str | Path | Model, input_spec: str | Path, output: str
         check_folder(jobs[0].folder, PREDICT_OUTPUT, options.overwrite, names)
     geometry = make_geometry(options, jobs)
     if not isinstance(model, Model):
-        model = load_model(model, options.checkpoint, device)
+        model = load_model(model, options.checkpoint, device, **_inference_options(options))
+    elif options.precision or options.windows:
+        model = dataclasses.replace(model, **_inference_options(options))
+        log.info("%s", model.describe_inference())
     state_geometry(geometry, jobs, model.exp.data.spacing)
     folder = None if is_label_file(Path(output)) else Path(output).expanduser()
     created = folder is not None and not folder.exists()
@@ -316,6 +322,12 @@ def predict_paths(model: str | Path | Model, input_spec: str | Path, output: str
     if result.failed and len(jobs) == 1:
         raise result.failed[0][1]
     return result
+
+
+def _inference_options(options: PredictOptions) -> dict[str, object]:
+    """The ``precision`` / ``windows`` keywords the options set."""
+    given = {"precision": options.precision, "windows": options.windows}
+    return {key: value for key, value in given.items() if value is not None}
 
 
 def run_jobs(model: Model, jobs: list[Job], geometry: Geometry, options: PredictOptions) -> PredictResult:

@@ -35,6 +35,8 @@ from vasseg.engine.setup import (
 from vasseg.engine import distributed
 from vasseg.engine.distributed import DistInfo
 from vasseg.engine.lock import run_lock
+from vasseg.engine.precision import resolve_precision
+from vasseg.engine.windows import EVALUATE_DEFAULT, Windows, describe_inference
 from vasseg.engine.trainer import Trainer
 from vasseg.atomic import check_output_dir
 from vasseg.outfolder import check_folder, published_folder
@@ -157,9 +159,10 @@ def evaluate_val_split(exp: Experiment, trainer: Trainer, data: DataBundle, run_
                        device: torch.device) -> None:
     """Score the last weights on the validation split into ``run_dir/eval/val_last``."""
     rows = evaluate_cases(trainer.method, data.val, exp, device, progress=exp.train.progress)
+    inference = describe_inference(EVALUATE_DEFAULT, exp.eval.stride, "fp32", device)
     with published_folder(run_dir / "eval" / "val_last", EVAL_OUTPUT, "the evaluation results") as tmp:
         table = write_results(rows, summarize_rows(rows), tmp, exp.method.name, str(exp.data.labeled),
-                              "Validation split, last checkpoint.", exp.data.class_names)
+                              "Validation split, last checkpoint.", exp.data.class_names, inference)
     log.info("validation split, last checkpoint:\n%s", table)
 
 
@@ -191,15 +194,19 @@ def split_ids(exp: Experiment, run_dir: Path, split: str) -> tuple[list[str], st
 
 def evaluate_run(target: str | Path, split: str = "val", checkpoint: str = "last",
                  data_root: str | None = None, device: str = "auto", out: str | None = None,
-                 progress: bool = True, overwrite: bool = False) -> tuple[Path, str]:
+                 progress: bool = True, overwrite: bool = False, precision: str = "fp32",
+                 windows: Windows = EVALUATE_DEFAULT) -> tuple[Path, str]:
     """Evaluate a run (or checkpoint) on a split; returns the output folder and the table.
 
     Cases are read one at a time (memory does not grow with their number); the output folder
     appears complete or not at all. ``out`` holding files evaluate did not write is refused unless
-    ``overwrite``, and even then they stay (:mod:`vasseg.outfolder`).
+    ``overwrite``, and even then they stay (:mod:`vasseg.outfolder`). By default the paper
+    protocol: ``eval.stride`` windows in fp32 (``precision``: auto | fp32 | bf16; ``windows``: see
+    :mod:`vasseg.engine.windows`).
     """
     overrides = (f"data.root={data_root}",) if data_root else ()
     dev = select_device(device, "--device")
+    dtype = resolve_precision(precision, dev)
     loaded = load_run(target, checkpoint, dev, overrides)
     exp = loaded.exp
     ids, source = split_ids(exp, loaded.run_dir, split)
@@ -207,9 +214,12 @@ def evaluate_run(target: str | Path, split: str = "val", checkpoint: str = "last
     out_dir = Path(out).expanduser() if out else loaded.run_dir / "eval" / f"{name}_{loaded.checkpoint.stem}"
     check_folder(out_dir, EVAL_OUTPUT, overwrite)
     cases = iter_cases(exp, ids, source)
-    rows = evaluate_cases(loaded.method, cases, exp, dev, progress=progress, total=len(ids))
+    inference = describe_inference(windows, exp.eval.stride, precision, dev)
+    log.info("evaluate %s: %s", loaded.checkpoint, inference)
+    rows = evaluate_cases(loaded.method, cases, exp, dev, progress=progress, total=len(ids), windows=windows,
+                          dtype=dtype)
     note = f"Split '{name}' ({len(ids)} cases), checkpoint {loaded.checkpoint.name} (step {loaded.step})."
     with published_folder(out_dir, EVAL_OUTPUT, "the evaluation results") as tmp:
         table = write_results(rows, summarize_rows(rows), tmp, exp.method.name, str(exp.data.labeled), note,
-                              exp.data.class_names)
+                              exp.data.class_names, inference)
     return out_dir, table

@@ -46,6 +46,7 @@ from vasseg.engine.checkpoint import (
 )
 from vasseg.engine.optim import ema_decay, ema_update, main_spec, make_optimizer, phase_lr_factor, set_lr
 from vasseg.engine.scalars import NonFiniteError, ScalarLog, detached
+from vasseg.engine.precision import prepare_cpu_bf16
 from vasseg.engine.setup import autocast_dtype, use_channels_last
 from vasseg.engine.stopping import StopRequest
 from vasseg.methods.base import Method
@@ -89,6 +90,7 @@ class Trainer:
         self.amp_dtype = autocast_dtype(exp, device)
         self.channels_last = use_channels_last(exp, device)
         self._place_method()
+        prepare_cpu_bf16(self.method, self.amp_dtype, device)
         self.phases = method.phases()
         check_phases(self.phases, exp.train.iterations, method.name)
         if world_size > 1 and exp.train.sync_bn:

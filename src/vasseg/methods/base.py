@@ -181,7 +181,8 @@ class Method(nn.Module):
 
     def predict(self, x: Tensor) -> Tensor:
         """Class probabilities ``(B, num_classes, X, Y, Z)`` for a batch of patches."""
-        return probs_from_logits(self.logits(x), self.output_kind)
+        # float32 before the softmax: under bf16 autocast the logits are bf16 (~3 significant digits).
+        return probs_from_logits(self.logits(x).float(), self.output_kind)
 
 
 def build_vnet(exp: Experiment, out_channels: int, up_mode: str = "deconv") -> VNet:
