@@ -294,3 +294,22 @@ def _load_error(path: Path, exc: Exception) -> CheckpointError:
             f"code; only plain tensors and containers are accepted, nothing was executed"
         )
     return CheckpointError(f"{path}: not a readable checkpoint ({text[:160] or type(exc).__name__})")
+
+
+def phase_record(at: Any, step: int) -> dict[str, Any]:
+    """A checkpoint's record of the phase of its next step ``at`` (a :class:`PhaseAt`): index, name
+    and the step count inside it (0: the phase's hand-over is still to come)."""
+    return {"index": at.index, "name": at.phase.name, "step": at.local(step)}
+
+
+def check_saved_phase(saved: dict[str, Any] | None, now: dict[str, Any], method: str, step: int,
+                      path: Path) -> None:
+    """Refuse resuming where the method's phases put ``step`` elsewhere than the checkpoint did."""
+    if saved is None:  # checkpoints written before phases existed: one-phase runs
+        return
+    if dict(saved) != now:
+        raise CheckpointError(
+            f"{path}: saved in phase {saved['name']!r} (its step {saved['step']}), but method "
+            f"{method!r} now puts step {step} in phase {now['name']!r} (its step "
+            f"{now['step']}); its phases changed since the run started"
+        )

@@ -36,17 +36,18 @@ from vasseg.data.batcher import Batch, TwoStreamBatcher
 from vasseg.data.setup import DataBundle
 from vasseg.engine import distributed
 from vasseg.engine.checkpoint import (
-    CheckpointError,
+    check_saved_phase,
     latest_checkpoint,
     load_checkpoint,
+    phase_record,
     prune_checkpoints,
     rng_state,
     save_checkpoint,
     set_rng_state,
 )
 from vasseg.engine.optim import ema_decay, ema_update, main_spec, make_optimizer, phase_lr_factor, set_lr
-from vasseg.engine.scalars import NonFiniteError, ScalarLog, detached
 from vasseg.engine.precision import prepare_cpu_bf16
+from vasseg.engine.scalars import NonFiniteError, ScalarLog, detached
 from vasseg.engine.setup import autocast_dtype, use_channels_last
 from vasseg.engine.stopping import StopRequest
 from vasseg.methods.base import Method
@@ -151,7 +152,7 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         return {
             "step": self.step,
-            "phase": self._phase_record(),
+            "phase": phase_record(locate(self.phases, self.step), self.step),
             "method": self.method.state_dict(),
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
             "scaler": self.scaler.state_dict(),
@@ -184,28 +185,13 @@ class Trainer:
         self.batcher.load_state_dict(state["batcher"])
         set_rng_state(state["rng"])
         self.step = int(state["step"])
-        self._check_phase(state.get("phase"), path)
+        check_saved_phase(state.get("phase"), phase_record(locate(self.phases, self.step), self.step),
+                          self.method.name, self.step, path)
         self.best = dict(state["best"])
         self.nonfinite_skips = int(state.get("nonfinite_skips", 0))
         self.scalars.truncate_after(self.step)
         log.info("resumed from %s at step %d", path, self.step)
         return True
-
-    def _phase_record(self) -> dict[str, Any]:
-        """The phase of the next step and its step count in it (0: its hand-over is still to come)."""
-        at = locate(self.phases, self.step)
-        return {"index": at.index, "name": at.phase.name, "step": at.local(self.step)}
-
-    def _check_phase(self, saved: dict[str, Any] | None, path: Path) -> None:
-        if saved is None:  # checkpoints written before phases existed: one-phase runs
-            return
-        now = self._phase_record()
-        if dict(saved) != now:
-            raise CheckpointError(
-                f"{path}: saved in phase {saved['name']!r} (its step {saved['step']}), but method "
-                f"{self.method.name!r} now puts step {self.step} in phase {now['name']!r} (its step "
-                f"{now['step']}); its phases changed since the run started"
-            )
 
     # -- phases -------------------------------------------------------------------------------
 
