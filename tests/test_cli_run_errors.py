@@ -91,8 +91,7 @@ def test_damaged_hdf5_metadata_is_one_line(error, trained, image, tmp_path, caps
         def __contains__(self, key: object) -> bool:
             raise error
 
-    monkeypatch.setattr("vasseg.io.h5py.File", Damaged)
-    monkeypatch.setattr("vasseg.data.la.h5py.File", Damaged)
+    monkeypatch.setattr("vasseg.io.h5py.File", Damaged)  # the one LA reader (vasseg.io.read_h5)
     assert f"{bad}: cannot read HDF5 ({type(error).__name__}" in _predict(capsys, trained, bad, tmp_path / "p.nii.gz")
     with pytest.raises(DataError, match="cannot open as HDF5"):
         read_h5_case(bad)

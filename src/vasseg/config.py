@@ -28,6 +28,9 @@ from vasseg.identity import absolute_paths, identity_hash
 from vasseg.typed import ConfigError, build_dataclass
 
 
+LA_SPACING: tuple[float, float, float] = (0.625, 0.625, 0.625)  # mm: the LA release's voxels, isotropic
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Where the data is and how training patches are drawn.
@@ -35,8 +38,7 @@ class DataConfig:
     Spatial sizes follow the array order of the files (LA: x, y, z), in voxels.
     """
 
-    # A registered format (vasseg.registry): "la", the LA h5 layout (also the phantoms'); "prepared",
-    # the output of `vasseg prepare`.
+    # A registered format (vasseg.registry): "la", the LA h5 layout (also the phantoms'); "prepared", `vasseg prepare`'s
     dataset: str = "la"
     root: str = ""  # dataset root; relative paths resolve against the config file's directory
     labeled: int = 8  # first N ids of train.list are labeled (the benchmark protocol)
@@ -54,7 +56,7 @@ class DataConfig:
     num_classes: int = 2  # including background
     class_names: tuple[str, ...] = ()  # one per class incl. background, for tables (default: ids)
     scale: float = 1.0  # <1 down-samples volumes (CPU-scale protocol); evaluation can stay native
-    spacing: tuple[float, float, float] = (0.625, 0.625, 0.625)  # mm, for formats without geometry
+    spacing: tuple[float, float, float] = LA_SPACING  # mm, for formats without geometry
     patch_size: tuple[int, int, int] = (112, 112, 80)
     labeled_bs: int = 2
     unlabeled_bs: int = 2
@@ -312,10 +314,8 @@ def merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     """Deep merge: mappings merge key by key, anything else in ``over`` replaces."""
     out = dict(base)
     for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = value
+        nested = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = merge(out[key], value) if nested else value
     return out
 
 
@@ -330,8 +330,7 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[st
             value = yaml.safe_load(text) if text.strip() else ""
         except yaml.YAMLError:
             value = text
-        parts = key.strip().split(".")
-        out = merge(out, _nest(parts, value))
+        out = merge(out, _nest(key.strip().split("."), value))
     return out
 
 

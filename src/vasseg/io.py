@@ -1,12 +1,10 @@
 """Reading images and writing label maps for ``vasseg predict``.
 
-Two input formats:
-
 - NIfTI (``.nii``, ``.nii.gz``) through nibabel: the voxel array in its on-disk array order, the
   affine of the file (voxel index -> world mm) and the spacing from the header zooms (mm).
-- The LA HDF5 files of the semi-supervised lineage (``.h5``, ``.hdf5``): dataset ``image`` and an
-  optional ``label``. They carry no geometry, so the spacing is an argument (LA: 0.625 mm
-  isotropic) and the affine is ``diag(spacing, 1)``.
+- The LA HDF5 files (``.h5``, ``.hdf5``): datasets ``image`` and ``label``, no geometry (the
+  spacing is an argument, the affine ``diag(spacing, 1)``). :func:`read_h5` is their one reader,
+  for predict and for the ``la`` dataset format.
 
 Predictions are written as NIfTI label maps with the input's affine and zooms, so that they open
 aligned with the image in ITK-SNAP or 3D Slicer. Writes are atomic: a temporary file next to the
@@ -35,11 +33,9 @@ from nibabel.imageglobals import logger as nibabel_logger
 from nibabel.spatialimages import HeaderDataError, ImageDataError
 
 from vasseg.atomic import fsync_dir, fsync_file
+from vasseg.config import LA_SPACING
 
 logger = logging.getLogger(__name__)
-
-LA_SPACING: tuple[float, float, float] = (0.625, 0.625, 0.625)
-"""Voxel spacing of the LA (2018 Atrial Segmentation Challenge) volumes, mm."""
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 HDF5_SUFFIXES = (".h5", ".hdf5")
@@ -90,13 +86,10 @@ def volume_format(path: Path | str) -> Literal["nifti", "hdf5"]:
         return "nifti"
     if name.endswith(HDF5_SUFFIXES):
         return "hdf5"
-    known = ", ".join(NIFTI_SUFFIXES + HDF5_SUFFIXES)
-    raise _error(path, f"unknown image extension (expected one of {known})")
+    raise _error(path, f"unknown image extension (expected one of {', '.join(NIFTI_SUFFIXES + HDF5_SUFFIXES)})")
 
 
-# ---------------------------------------------------------------------------------------------
-# Reading
-# ---------------------------------------------------------------------------------------------
+# -- reading ----------------------------------------------------------------------------------
 
 
 def read_volume(path: Path | str, default_spacing: tuple[float, float, float] = LA_SPACING) -> Volume:
@@ -106,10 +99,8 @@ def read_volume(path: Path | str, default_spacing: tuple[float, float, float] = 
         path: ``.nii``, ``.nii.gz``, ``.h5`` or ``.hdf5`` file.
         default_spacing: voxel size in mm for formats without geometry (HDF5).
 
-    Raises:
-        ImageIOError: missing file, unknown extension, truncated or corrupt file, missing
-            ``image`` key, image not 3-D or with an empty axis, non-finite values, label shape
-            mismatch.
+    Raises ImageIOError, one line naming the path: missing file, unknown extension, truncated or
+    corrupt file, what :func:`read_h5` refuses, a NIfTI image not 3-D, empty or non-finite.
     """
     path = Path(path)
     kind = volume_format(path)
@@ -146,14 +137,9 @@ def _read_nifti(path: Path) -> Volume:
         data = data[..., 0]  # a single time point / channel stored as 4-D
     if data.ndim != 3:
         raise _error(path, f"image must be 3-D (or 4-D with one volume), got shape {data.shape}")
-    return Volume(
-        image=data,
-        affine=affine,
-        spacing=_spacing_triple(zooms[:3]),
-        label=None,
-        header=img.header,
-        source=path,
-    )
+    _check_arrays(path, data, None, _IMAGE_WORDS)
+    return Volume(image=data, affine=affine, spacing=(zooms[0], zooms[1], zooms[2]), label=None, header=img.header,
+                  source=path)
 
 
 # deflate cannot compress by more than ~1032:1, so a .nii.gz holds at most this many bytes per byte
@@ -202,86 +188,102 @@ def _quiet_nibabel() -> Iterator[None]:
 
 
 def _read_hdf5(path: Path, spacing: tuple[float, float, float]) -> Volume:
-    """LA HDF5: ``image`` (required) and ``label`` (optional) datasets, no geometry."""
+    """LA HDF5 for predict: ``image`` (required) and ``label`` (optional) datasets, no geometry."""
+    image, label = read_h5(path)
+    spacing = (float(spacing[0]), float(spacing[1]), float(spacing[2]))
+    return Volume(image=image, affine=np.diag([*spacing, 1.0]).astype(np.float64), spacing=spacing,
+                  label=label, header=None, source=path)
+
+
+# One problem, two wordings (both pinned by the CLI tests): a case of a dataset and an image to predict.
+_CASE_WORDS = {"open": "cannot open as HDF5 ({msg})", "key": "missing key {key!r} (keys: {keys})",
+               "shape": "label shape {label} != image shape {image}", "finite": "image holds {n} NaN/inf values"}
+_IMAGE_WORDS = {"open": "cannot read HDF5 ({type}: {msg})", "key": "HDF5 file has no {key!r} dataset",
+                "shape": "label shape {label} differs from image shape {image}",
+                "finite": "image has {n} non-finite values (NaN or inf)"}
+
+
+def read_h5(path: Path | str, num_classes: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The one reader of the LA HDF5 files (datasets ``image`` and ``label``; no geometry).
+
+    With ``num_classes``: a dataset case, whose label is required and holds the class ids
+    ``0..num_classes-1``; without: an image to predict, whose label is optional (ids >= 0).
+    Returns the image float32 ``(X, Y, Z)`` and the label ``(X, Y, Z)`` uint8 (int64 past 255) or None.
+
+    Raises:
+        ImageIOError: one line starting with the path: missing or corrupt file, missing key, an
+            entry that is not a dataset, a shape the file or memory cannot hold, not 3-D, an empty
+            axis, non-finite intensities, mismatched shapes, a bad dtype or label value.
+    """
+    path, words = Path(path), _IMAGE_WORDS if num_classes is None else _CASE_WORDS
+    if not path.is_file():
+        raise _error(path, "no such file")
     try:
         with h5py.File(path, "r") as f:
-            image = _dataset(f, "image", path)
-            label = _dataset(f, "label", path) if "label" in f else None
+            image = _dataset(f, "image", path, words)
+            label = _dataset(f, "label", path, words) if num_classes is not None or "label" in f else None
     except ImageIOError:
         raise
-    except _LIBRARY_ERRORS as exc:
-        raise _error(path, f"cannot read HDF5 ({type(exc).__name__}: {exc})") from exc
-    if image is None:
-        raise _error(path, "HDF5 file has no 'image' dataset")
-    spacing = _spacing_triple(spacing)
-    return Volume(
-        image=np.asarray(image, dtype=np.float32),
-        affine=np.diag([*spacing, 1.0]).astype(np.float64),
-        spacing=spacing,
-        label=None if label is None else _as_label(label, path),
-        header=None,
-        source=path,
-    )
+    except _LIBRARY_ERRORS as exc:  # not an HDF5 file, truncated superblock, damaged metadata, ...
+        raise _error(path, words["open"].format(type=type(exc).__name__, msg=exc)) from exc
+    if image.dtype.kind not in "fiu":
+        raise _error(path, f"image has unsupported dtype {image.dtype}")
+    image = image.astype(np.float32, copy=False)
+    _check_arrays(path, image, label, words)
+    return image, None if label is None else _as_label(label, path, num_classes)
 
 
-def _dataset(f: h5py.File, key: str, path: Path) -> np.ndarray | None:
-    """The whole dataset ``key`` as an array, ``None`` when absent."""
+def _dataset(f: h5py.File, key: str, path: Path, words: dict[str, str]) -> np.ndarray:
+    """The whole dataset ``key`` as an array."""
     if key not in f:
-        return None
+        raise _error(path, words["key"].format(key=key, keys=", ".join(sorted(map(str, f.keys())))))
     node = f[key]
     if not isinstance(node, h5py.Dataset):
         raise _error(path, f"HDF5 entry '{key}' is not a dataset")
     check_volume_size(path, node.shape, node.dtype.itemsize)  # unwritten chunks read as fill values
-    return node[()]
+    return np.asarray(node[()])
 
 
-def _spacing_triple(zooms: tuple[float, ...]) -> tuple[float, float, float]:
-    return (float(zooms[0]), float(zooms[1]), float(zooms[2]))
-
-
-def _as_label(label: np.ndarray, path: Path) -> np.ndarray:
-    """Integer label map: integral, finite, non-negative values; uint8 when they fit."""
-    label = np.asarray(label)
-    if label.dtype.kind == "f":
-        if not np.isfinite(label).all() or not np.array_equal(label, np.round(label)):
-            raise _error(path, "label has non-integer or non-finite values")
-    elif label.dtype.kind not in "biu":
+def _as_label(label: np.ndarray, path: Path, num_classes: int | None) -> np.ndarray:
+    """Integral values in ``0..num_classes-1`` (or >= 0); uint8 when they fit, else int64."""
+    if label.dtype.kind not in "fiub":
         raise _error(path, f"label has unsupported dtype {label.dtype}")
-    if label.size and label.min() < 0:
-        raise _error(path, "label has negative values")
-    return label.astype(np.uint8 if label.size == 0 or label.max() <= 255 else np.int64)
+    if label.dtype.kind == "f" and not np.array_equal(label, np.round(label)):  # NaN != NaN: refused too
+        raise _error(path, "label holds non-integer values")
+    values = np.unique(label)
+    if (bad := values[(values < 0) | (values >= (num_classes or np.inf))]).size:
+        allowed = f"0..{num_classes - 1}" if num_classes else "0 and up"
+        raise _error(path, f"label values {', '.join(str(v.item()) for v in bad[:10])} outside {allowed}")
+    return label.astype(np.uint8 if values.size == 0 or values[-1] <= 255 else np.int64, copy=False)
 
 
-def _validate(volume: Volume) -> None:
-    """Checks shared by all formats: 3-D, finite image, positive spacing, matching label."""
-    path, image = volume.source, volume.image
+def _check_arrays(path: Path, image: np.ndarray, label: np.ndarray | None, words: dict[str, str]) -> None:
+    """Checks of every reader: a 3-D image without empty axes, finite, the label's shape its own."""
     if image.ndim != 3:
         raise _error(path, f"image must be 3-D, got shape {image.shape}")
     if 0 in image.shape:
         raise _error(path, f"image has an empty axis (shape {image.shape})")
     if not np.isfinite(image).all():
-        bad = int(image.size - np.count_nonzero(np.isfinite(image)))
-        raise _error(path, f"image has {bad} non-finite values (NaN or inf)")
+        raise _error(path, words["finite"].format(n=int(image.size - np.count_nonzero(np.isfinite(image)))))
+    if label is not None and label.shape != image.shape:
+        raise _error(path, words["shape"].format(label=label.shape, image=image.shape))
+
+
+def _validate(volume: Volume) -> None:
+    """Geometry checks of a read volume (its arrays are checked by its reader)."""
+    path = volume.source
     if not np.isfinite(volume.affine).all() or abs(np.linalg.det(volume.affine[:3, :3])) < 1e-12:
         raise _error(path, "singular affine (a zero voxel size or collapsed axes in the header's pixdim/sform/"
                            "qform): the voxels have no place in space")
     if not all(np.isfinite(s) and s > 0 for s in volume.spacing):
         raise _error(path, f"voxel spacing {volume.spacing} must be positive and finite")
-    if volume.label is not None and volume.label.shape != image.shape:
-        raise _error(path, f"label shape {volume.label.shape} differs from image shape {image.shape}")
 
 
-# ---------------------------------------------------------------------------------------------
-# Writing
-# ---------------------------------------------------------------------------------------------
+# -- writing ----------------------------------------------------------------------------------
 
 
-def write_label_nifti(
-    path: Path | str,
-    labels: np.ndarray,
-    affine: np.ndarray,
-    header: nib.Nifti1Header | None = None,
-) -> Path:
+def write_label_nifti(path: Path | str, labels: np.ndarray, affine: np.ndarray,
+                      header: nib.Nifti1Header | None = None) -> Path:
     """Write an ``(X, Y, Z)`` label map as NIfTI, aligned with the image it was predicted from.
 
     The file is uint8 (uint16 when a label exceeds 255); its sform and qform both equal
@@ -295,9 +297,7 @@ def write_label_nifti(
         labels: ``(X, Y, Z)`` non-negative integer (or bool) array.
         affine: ``(4, 4)`` voxel-index -> world (mm) transform, usually ``Volume.affine``.
         header: the input's NIfTI header (``Volume.header``) to carry units and codes over.
-
-    Returns:
-        The written path.
+    Returns the written path.
     """
     path = Path(path)
     suffix = _nifti_suffix(path)

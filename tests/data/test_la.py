@@ -16,12 +16,14 @@ from vasseg.data.la import (
     case_path,
     check_cases_exist,
     list_ids,
-    load_la,
     read_h5_case,
     read_id_list,
 )
 from vasseg.data.synthetic import make_phantom_set, write_phantom_la_layout
 from vasseg.data.volumes import DataError
+from vasseg.typed import ConfigError
+
+from tests.loading import load_cases
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,11 @@ REAL_LA = Path(os.environ.get("VASSEG_LA_ROOT", Path(__file__).resolve().parents
 @pytest.fixture
 def la_root(tmp_path):
     return write_phantom_la_layout(tmp_path / "LA", n_train=3, n_test=2, shape=SHAPE, seed=5)
+
+
+def load_la(root, ids, list_name="the id list", **data):
+    """LA cases through the ``la`` format, as the engine reads them."""
+    return load_cases("la", root, ids, list_name, **data)
 
 
 def _write_h5(path, **arrays):
@@ -67,7 +74,7 @@ def test_layout_and_load(la_root):
     assert ids == ["phantom_000", "phantom_001", "phantom_002"]
     assert list_ids(la_root, "test.list") == ["phantom_003", "phantom_004"]
     assert case_path(la_root, "X") == la_root / "2018LA_Seg_Training Set" / "X" / "mri_norm2.h5"
-    vs = load_la(la_root, ids, progress=False)
+    vs = load_la(la_root, ids)
     assert vs.ids == ids
     case = vs[0]
     assert case.image.shape == (1, *SHAPE) and case.image.dtype == torch.float32
@@ -82,8 +89,8 @@ def test_layout_and_load(la_root):
 
 
 def test_load_downsampled_keeps_native_label(la_root):
-    full = load_la(la_root, ["phantom_001"], progress=False)[0]
-    half = load_la(la_root, ["phantom_001"], scale=0.5, progress=False)[0]
+    full = load_la(la_root, ["phantom_001"])[0]
+    half = load_la(la_root, ["phantom_001"], scale=0.5)[0]
     assert half.shape == (10, 9, 6)
     assert half.spacing == pytest.approx((1.25, 1.25, 1.25))
     assert torch.equal(half.native_label, full.label) and half.native_shape == SHAPE
@@ -95,7 +102,7 @@ def test_missing_cases_named_in_one_message(la_root):
         case_path(la_root, case_id).unlink()
     ids = list_ids(la_root, "test")
     with pytest.raises(MissingCasesError) as err:
-        load_la(la_root, ids, progress=False, list_name="test.list")
+        load_la(la_root, ids, list_name="test.list")
     msg = str(err.value)
     assert msg == (f"LA root {la_root}: 2 of 2 cases listed in test.list are missing: "
                    "phantom_003, phantom_004")
@@ -148,10 +155,10 @@ def test_read_h5_case_accepts_integer_labels_of_other_dtypes(tmp_path):
 
 
 def test_bad_root_and_scale(tmp_path, la_root):
-    with pytest.raises(DataError, match="LA root is not a directory"):
-        load_la(tmp_path / "nowhere", ["a"], progress=False)
-    with pytest.raises(DataError, match="scale must be > 0"):
-        load_la(la_root, ["phantom_000"], scale=0, progress=False)
+    with pytest.raises(ConfigError, match="data.root: .*nowhere is not a folder"):
+        load_la(tmp_path / "nowhere", ["a"])
+    with pytest.raises(ConfigError, match=re.escape("data.scale: must be in (0, 1]")):
+        load_la(la_root, ["phantom_000"], scale=0)
 
 
 # ---------------------------------------------------------------- real data (opt-in: -m realdata)
@@ -166,7 +173,7 @@ def test_real_la_training_cases_load(scale):
     ids = list_ids(REAL_LA, "train")
     assert len(ids) == 80
     t0 = time.perf_counter()
-    vs = load_la(REAL_LA, ids, scale=scale, progress=False).validate(2)
+    vs = load_la(REAL_LA, ids, scale=scale).validate(2)
     seconds = time.perf_counter() - t0
     shapes = np.array([c.shape for c in vs])
     log.warning("LA train at scale %g: %.1f s, shapes min %s max %s, %.0f MiB", scale, seconds,
@@ -183,7 +190,7 @@ def test_real_la_training_cases_load(scale):
 def test_real_la_test_list_reports_all_missing_cases():
     ids = list_ids(REAL_LA, "test")
     with pytest.raises(MissingCasesError) as err:
-        load_la(REAL_LA, ids, progress=False, list_name="test.list")
+        load_la(REAL_LA, ids, list_name="test.list")
     assert err.value.missing == ids and len(ids) == 20
     assert "20 of 20 cases listed in test.list are missing" in str(err.value)
 
@@ -192,8 +199,8 @@ def test_zscore_intensity_rescales_every_volume_and_file_keeps_the_values(la_roo
     from vasseg.data.intensity import normalize_intensity
 
     ids = list_ids(la_root, "train")
-    as_file = load_la(la_root, ids, progress=False)
-    rescaled = load_la(la_root, ids, progress=False, intensity="zscore")
+    as_file = load_la(la_root, ids)
+    rescaled = load_la(la_root, ids, intensity="zscore")
     for a, b in zip(as_file, rescaled):
         assert torch.equal(a.label, b.label)
         assert float(b.image.mean()) == pytest.approx(0.0, abs=1e-5)

@@ -21,7 +21,6 @@ from vasseg.data.prepared import (
     label_map_from_dict,
     labels_to_source,
     load_label_map,
-    load_prepared,
     read_manifest,
     preprocess_image,
     read_native_label,
@@ -29,9 +28,11 @@ from vasseg.data.prepared import (
     resized_argmax,
     window_rescale,
 )
-from vasseg.data.volumes import DataError
+from vasseg.data.volumes import DataError, VolumeSet
 from vasseg.engine.inference import resize_probs
 from vasseg.io import read_volume
+
+from tests.loading import load_cases
 
 PAPER_ORGANS = ("background", "spleen", "left kidney", "gallbladder", "esophagus", "liver", "stomach",
                 "pancreas", "duodenum")
@@ -295,16 +296,21 @@ def test_cli_prepare_and_its_one_line_errors(source: Path, tmp_path: Path, capsy
 # --------------------------------------------------------------------------- reader and hooks
 
 
+def load_prepared(root: Path, ids: list[str], scale: float = 1.0) -> VolumeSet:
+    """Prepared cases through the ``prepared`` format, as the engine reads them."""
+    return load_cases("prepared", root, ids, num_classes=9, patch_size=[16, 16, 16], scale=scale)
+
+
 def test_load_prepared_cases_and_scale(prepared: Path) -> None:
-    cases = load_prepared(prepared, ["0001", "0002"], progress=False)
+    cases = load_prepared(prepared, ["0001", "0002"])
     case = cases.by_id("0002")
     assert case.image.shape == (1, *SMALL) and case.label.shape == SMALL and case.native_label is None
     assert case.native_shape == NATIVE and case.source.endswith("0002.h5")
-    small = load_prepared(prepared, ["0002"], scale=0.5, progress=False)[0]
+    small = load_prepared(prepared, ["0002"], scale=0.5)[0]
     assert small.shape == (16, 16, 8) and np.allclose(small.spacing, np.array(case.spacing) * 2)
     assert small.native_shape == NATIVE and set(small.label.unique().tolist()) <= set(range(9))
-    with pytest.raises(DataError, match="2 of 3 listed cases have no file in cases/: 0042, 0043"):
-        load_prepared(prepared, ["0001", "0042", "0043"], progress=False)
+    with pytest.raises(DataError, match="2 of 3 cases listed in the id list have no file: 0042, 0043"):
+        load_prepared(prepared, ["0001", "0042", "0043"])
 
 
 def test_config_classes_must_match_the_dataset(prepared: Path) -> None:
@@ -326,7 +332,7 @@ def test_oracle_round_trip_restores_source_ids_on_the_input_grid(source: Path, t
     out = prepare_dataset([source], tmp_path / "p", PrepareOptions(shape=shape), progress=False)
     exp = _experiment(out)
     for case_id in ("0001", "0002"):  # RAS and LPS storage
-        case = load_prepared(out, [case_id], progress=False)[0]
+        case = load_prepared(out, [case_id])[0]
         probs = torch.nn.functional.one_hot(case.label.long(), 9).permute(3, 0, 1, 2).float()
         volume = read_volume(source / "img" / f"img{case_id}.nii.gz")
         restored = labels_to_source(probs, volume, tmp_path, exp)

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from vasseg.data.la import list_ids, load_la
+from vasseg.data.la import list_ids
 from vasseg.data.synthetic import make_phantom, make_phantom_set, write_phantom_la_layout
+
+from tests.loading import load_cases
 
 SMALL = (32, 32, 24)
 
@@ -72,7 +74,7 @@ def test_la_layout_round_trip(tmp_path):
     root = write_phantom_la_layout(tmp_path / "LA", n_train=2, n_test=1, shape=SMALL, seed=7)
     assert list_ids(root, "train") == ["phantom_000", "phantom_001"]
     assert list_ids(root, "test") == ["phantom_002"]
-    loaded = load_la(root, list_ids(root, "test"), progress=False)
+    loaded = load_cases("la", root, list_ids(root, "test"))
     image, label = make_phantom(SMALL, seed=(7, 2))
     assert np.array_equal(loaded[0].image[0].numpy(), image)
     assert np.array_equal(loaded[0].label.numpy(), label)

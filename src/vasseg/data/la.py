@@ -12,32 +12,26 @@ phantoms are written in this layout too. :class:`LAFormat` is ``data.dataset: la
 
 from __future__ import annotations
 
-import logging
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import h5py
 import numpy as np
 import torch
-from tqdm import tqdm
 
+from vasseg.config import LA_SPACING
 from vasseg.data.format import DataFormat, Record
 from vasseg.data.intensity import normalize_intensity
 from vasseg.data.splits import read_id_list
-from vasseg.data.volumes import Case, DataError, Spacing, VolumeSet, rescale_case
-from vasseg.io import ImageIOError, check_volume_size
+from vasseg.data.volumes import Case, DataError, Spacing, rescale_case
+from vasseg.io import ImageIOError, read_h5
 from vasseg.registry import register
 
 if TYPE_CHECKING:
     from vasseg.io import Volume
 
-log = logging.getLogger(__name__)
-
 TRAIN_DIR = "2018LA_Seg_Training Set"
 CASE_FILE = "mri_norm2.h5"
-LA_SPACING: Spacing = (0.625, 0.625, 0.625)
 LA_NUM_CLASSES = 2
 
 
@@ -71,42 +65,8 @@ def check_cases_exist(root: str | Path, ids: Sequence[str], list_name: str = "th
         )
 
 
-# What h5py raises on corrupt files besides OSError: damaged object headers surface as KeyError
-# or RuntimeError from a lookup, damaged names as TypeError (bytes vs str), found by fuzzing.
-H5_ERRORS = (OSError, ValueError, RuntimeError, KeyError, TypeError)
-
-
-def _read_dataset(f: h5py.File, path: Path, key: str) -> np.ndarray:
-    if key not in f:
-        raise DataError(f"{path}: missing key {key!r} (keys: {', '.join(sorted(map(str, f.keys())))})")
-    try:
-        node = f[key]
-        if isinstance(node, h5py.Dataset):
-            check_volume_size(path, node.shape, node.dtype.itemsize)  # before allocating a corrupt header's shape
-        return np.asarray(node[()])
-    except ImageIOError as exc:
-        raise DataError(str(exc)) from None
-    except H5_ERRORS as exc:
-        msg = " ".join(str(exc).split())
-        raise DataError(f"{path}: cannot read dataset {key!r} ({msg})") from exc
-
-
-def _check_label(label: np.ndarray, path: Path, num_classes: int) -> np.ndarray:
-    """Label as uint8 after checking its values are class ids ``0..num_classes-1``."""
-    if label.dtype.kind == "f" and not np.array_equal(label, np.round(label)):
-        raise DataError(f"{path}: label holds non-integer values")
-    if label.dtype.kind not in "fiub":
-        raise DataError(f"{path}: label has unsupported dtype {label.dtype}")
-    values = np.unique(label)
-    bad = values[(values < 0) | (values >= num_classes)]
-    if bad.size:
-        shown = ", ".join(str(v.item()) for v in bad[:10])
-        raise DataError(f"{path}: label values {shown} outside 0..{num_classes - 1}")
-    return label.astype(np.uint8, copy=False)
-
-
 def read_h5_case(path: str | Path, num_classes: int = LA_NUM_CLASSES) -> tuple[np.ndarray, np.ndarray]:
-    """Read and validate one LA h5 file.
+    """Read and validate one LA h5 file with the one LA reader, :func:`vasseg.io.read_h5`.
 
     Returns:
         image: float32 ``(X, Y, Z)`` (z-scored intensities, no unit);
@@ -115,30 +75,11 @@ def read_h5_case(path: str | Path, num_classes: int = LA_NUM_CLASSES) -> tuple[n
     Raises DataError naming the file for a missing/corrupt/truncated file, missing keys,
     non-3-D, empty or mismatched shapes, non-finite intensities or out-of-range labels.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
     try:
-        with h5py.File(path, "r") as f:
-            image = _read_dataset(f, path, "image")
-            label = _read_dataset(f, path, "label")
-    except DataError:
-        raise
-    except H5_ERRORS as exc:  # not an HDF5 file, truncated superblock, damaged metadata, ...
-        msg = " ".join(str(exc).split())
-        raise DataError(f"{path}: cannot open as HDF5 ({msg})") from exc
-    if image.ndim != 3:
-        raise DataError(f"{path}: image must be 3-D (X, Y, Z), got shape {image.shape}")
-    if 0 in image.shape:
-        raise DataError(f"{path}: image has an empty axis (shape {image.shape})")
-    if label.shape != image.shape:
-        raise DataError(f"{path}: label shape {label.shape} != image shape {image.shape}")
-    if image.dtype.kind not in "fiu":
-        raise DataError(f"{path}: image has unsupported dtype {image.dtype}")
-    image = image.astype(np.float32, copy=False)
-    if not np.isfinite(image).all():
-        raise DataError(f"{path}: image holds {int((~np.isfinite(image)).sum())} NaN/inf values")
-    return image, _check_label(label, path, num_classes)
+        image, label = read_h5(path, num_classes)
+    except ImageIOError as exc:
+        raise DataError(str(exc)) from None
+    return image, label  # type: ignore[return-value] - read_h5 requires a case's label
 
 
 def read_la_case(root: str | Path, case_id: str, num_classes: int = LA_NUM_CLASSES,
@@ -159,48 +100,6 @@ def read_la_case(root: str | Path, case_id: str, num_classes: int = LA_NUM_CLASS
         native_shape=(image.shape[0], image.shape[1], image.shape[2]),
         native_spacing=spacing,
     )
-
-
-def load_la(
-    root: str | Path,
-    ids: Sequence[str],
-    scale: float = 1.0,
-    spacing: Spacing = LA_SPACING,
-    progress: bool = True,
-    num_classes: int = LA_NUM_CLASSES,
-    list_name: str = "the id list",
-    intensity: str = "file",
-) -> VolumeSet:
-    """Load LA cases into a CPU `VolumeSet`.
-
-    Args:
-        root: the LA root (holds ``2018LA_Seg_Training Set``, ``train.list``, ``test.list``).
-        ids: case ids, e.g. ``list_ids(root, "train")``.
-        scale: < 1 down-samples for the CPU-scale protocol: images trilinearly, labels by argmax
-            of the trilinearly interpolated one-hot; spacing grows accordingly and each case keeps
-            its native label for native-resolution evaluation.
-        spacing: voxel size in mm of the files.
-        progress: show a tqdm bar.
-        list_name: how error messages name the source of ``ids`` (e.g. "test.list").
-        intensity: ``data.intensity``: "file" (the values as stored) or "zscore" (per volume).
-
-    Every id is checked before any file is read, so one error names all missing cases.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"{root}: LA root is not a directory")
-    if scale <= 0:
-        raise DataError(f"{root}: scale must be > 0, got {scale}")
-    check_cases_exist(root, ids, list_name)
-    t0 = time.perf_counter()
-    cases = []
-    for case_id in tqdm(ids, desc="load LA", unit="case", disable=not progress, leave=False):
-        case = read_la_case(root, case_id, num_classes, spacing, intensity)
-        cases.append(rescale_case(case, scale, num_classes))
-    volumes = VolumeSet(cases)
-    log.info("loaded %d LA cases from %s at scale %g in %.1f s (%.0f MiB)", len(volumes), root,
-             scale, time.perf_counter() - t0, volumes.nbytes() / 2**20)
-    return volumes
 
 
 def la_intensity(volume: Volume, mode: str) -> np.ndarray:

@@ -22,7 +22,7 @@ only, see :mod:`vasseg.data.nifti`); ``original_affine`` / ``original_shape`` gi
 grid back. The prepared grid spans the same field of view as the original (``align_corners=False``
 resampling), so mapping a prediction back is a resize to the original shape.
 
-Native labels are not held in memory by :func:`load_prepared` (a 512x512x200 CT label is 50 MB):
+Native labels are not held in memory by the loaded cases (a 512x512x200 CT label is 50 MB):
 evaluation reads them one case at a time with :func:`read_native_label`. Label maps (source ids
 <-> classes) are :mod:`vasseg.data.labelmap`'s; intensities and grids :mod:`vasseg.data.preprocess`'s.
 """
@@ -40,7 +40,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from tqdm import tqdm
 
 from vasseg.data.format import DataFormat, Record
 from vasseg.data.splits import Split
@@ -58,7 +57,6 @@ from vasseg.data.preprocess import (  # noqa: F401 - re-exported: they lived her
 from vasseg.data.volumes import (  # noqa: F401 - resized_argmax: re-exported, it lived here
     Case,
     DataError,
-    VolumeSet,
     resize_image,
     resize_label,
     resized_argmax,
@@ -171,27 +169,6 @@ def check_classes(root: str | Path, num_classes: int, class_names: Sequence[str]
     if class_names and tuple(class_names) != names:
         raise ConfigError(f"data.class_names: {list(class_names)} differ from the prepared dataset's "
                           f"{list(names)} ({root})")
-
-
-def load_prepared(root: str | Path, ids: Sequence[str], scale: float = 1.0,
-                  progress: bool = True) -> VolumeSet:
-    """Load prepared cases into a CPU `VolumeSet` (image ``(1, X, Y, Z)`` in [0, 1], uint8 label).
-
-    ``scale`` < 1 down-samples the prepared grid further (trilinear images, one-hot-averaged
-    labels). Every id is checked first, so one error names all missing cases.
-    """
-    root = Path(root)
-    manifest = read_manifest(root)
-    missing = [i for i in ids if not case_path(root, i).is_file()]
-    if missing:
-        raise DataError(f"{root}: {len(missing)} of {len(ids)} listed cases have no file in "
-                        f"{CASES_DIR}/: {', '.join(missing)}")
-    num_classes = len(manifest["class_names"])
-    cases = []
-    for case_id in tqdm(ids, desc="load prepared", unit="case", disable=not progress, leave=False):
-        case = read_prepared_case(root, case_id)
-        cases.append(_rescale(case, scale, num_classes) if scale != 1.0 else case)
-    return VolumeSet(cases)
 
 
 # --------------------------------------------------------------------------- predict hooks
