@@ -22,6 +22,7 @@ from vasseg import methods
 from vasseg.data.batcher import Batch
 from vasseg.methods.base import Method, OptimizerSpec, make_teacher, teacher_noise
 from vasseg.methods.losses import supervised_loss
+from vasseg.methods.players import HANDOFF
 
 # Step at which training_step raises (None: never); module state so that the config, and with
 # it the run folder, stays the same between the interrupted run and its resume.
@@ -45,7 +46,6 @@ class ToyGan(Method):
         self.teacher = make_teacher(self.student)
         k = self.num_classes
         self.disc = nn.Sequential(nn.Conv3d(k, 4, 3, padding=1), nn.LeakyReLU(0.2), nn.Conv3d(4, 1, 1))
-        self._cache: tuple[Tensor, Tensor] | None = None
 
     def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         return [(self.teacher, self.student)]
@@ -70,16 +70,17 @@ class ToyGan(Method):
         # Global Python/NumPy draws: resume must restore those generators too.
         jitter = 1.0 + 0.01 * (random.random() + float(np.random.rand()))
         loss = sup + 0.1 * cons + 0.01 * jitter * adv
-        self._cache = (probs[:n_l].detach(), probs[n_l:].detach())
         if step in self.params.nan_at:
             loss = loss * float("nan")
         if step in self.params.grad_nan_at:
             loss = loss + (logits.sum() * 0.0).sqrt()  # value 0, gradient inf * 0 = NaN
-        return {"loss": loss, "loss_sup": sup.detach(), "loss_adv": adv.detach()}
+        return {"loss": loss, "loss_sup": sup.detach(), "loss_adv": adv.detach(),
+                HANDOFF: (probs[:n_l].detach(), probs[n_l:].detach())}
 
-    def discriminator_step(self, batch: Batch, step: int) -> dict[str, Tensor]:
-        assert self._cache is not None
-        real, fake = self._cache
+    def discriminator_step(self, batch: Batch, step: int, handoff: tuple[Tensor, Tensor] | None = None,
+                           ) -> dict[str, Tensor]:
+        assert handoff is not None
+        real, fake = handoff
         loss_d = F.softplus(-self.disc(real)).mean() + F.softplus(self.disc(fake)).mean()
         return {"loss_d": loss_d}
 

@@ -15,6 +15,7 @@ from vasseg.engine.run import evaluate_run, train_experiment
 from vasseg.engine.setup import build_data, build_method, prepare_run_dir, seed_everything
 from vasseg.engine.trainer import Trainer
 from vasseg.methods import get_method
+from vasseg.methods.players import HANDOFF
 
 REPO = Path(__file__).resolve().parents[2]
 ABLATIONS = sorted((REPO / "configs").glob("la*/ablation/*.yaml"))
@@ -82,7 +83,7 @@ def test_generator_step_leaves_d_and_d_step_leaves_the_student(vas) -> None:
     assert all(torch.equal(p, d0[id(p)]) for p in d_params), "the generator step moved D"
     student = _state(method.student)  # parameters and batch-norm buffers
     grads = {k: p.grad.clone() for k, p in method.student.named_parameters()}
-    d_out = trainer._discriminator_step(batch, step)
+    d_out = trainer._discriminator_step(batch, step, out[HANDOFF])
     assert _equal(student, _state(method.student)), "the D step changed the student"
     assert all(torch.equal(p.grad, grads[k]) for k, p in method.student.named_parameters()), \
         "the D step sent gradients into the student"

@@ -26,6 +26,7 @@ import torch
 
 from vasseg.atomic import atomic_write_bytes
 from vasseg.config import ConfigError, build_experiment
+from vasseg.methods.players import MAIN
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +210,7 @@ def _is_weights(value: Any) -> bool:
 
 
 def _is_optimizers(value: Any) -> bool:
-    return _is_mapping(value) and "main" in value and all(
+    return _is_mapping(value) and MAIN in value and all(
         _is_mapping(o) and _is_mapping(o.get("state")) and isinstance(o.get("param_groups"), list)
         for o in value.values())
 

@@ -5,9 +5,9 @@ One step (:meth:`Trainer.train_step`), in this order::
     hand-over      at a phase's first step: method.on_phase_start(phase), fresh optimizers if asked
     lr             the phase's learning-rate policy at the phase's own step
     batch          labeled then unlabeled patches, augmented where the volumes live
-    forward        out = method(batch, step)         under autocast: "loss" and the logged terms
+    forward        out = method(batch, step, MAIN)   under autocast: "loss" and the logged terms
     backward       zero_grad; backward(out["loss"]); unscale; clip train.grad_clip; step (D frozen)
-    discriminator  D unfrozen: out_d = method.discriminator_step(batch, step); backward(loss_d); step
+    discriminator  D unfrozen: out_d = method(batch, step, DISC, out["handoff"]); backward(loss_d); step
     EMA            teacher = d teacher + (1 - d) student for each (teacher, student, d) of the method
     after_step     method.after_step(step)           e.g. AD-MT's teacher alternation
     logging        every term detached and buffered; flushed, checked finite, every train.log_every
@@ -52,6 +52,7 @@ from vasseg.engine.setup import autocast_dtype, use_channels_last
 from vasseg.engine.stopping import StopRequest
 from vasseg.methods.base import Method
 from vasseg.methods.phases import PhaseAt, check_phases, locate
+from vasseg.methods.players import DISC, HANDOFF, LOSS, LOSS_D, MAIN
 
 log = logging.getLogger(__name__)
 
@@ -121,16 +122,16 @@ class Trainer:
                 module.compile()
 
     def _build_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        optimizers = {"main": make_optimizer(self.main_params, main_spec(self.exp.train))}
-        self.scheduled_lr = {"main": self.exp.train.lr}  # optimizer -> base lr the policy factor scales
+        optimizers = {MAIN: make_optimizer(self.main_params, main_spec(self.exp.train))}
+        self.scheduled_lr = {MAIN: self.exp.train.lr}  # optimizer -> base lr the policy factor scales
         disc = self.method.discriminator_parameters()
         spec = self.method.discriminator_optimizer()
         if disc:
             if spec is None:
                 raise ValueError(f"method {self.method.name!r} has discriminator parameters but no optimizer spec")
-            optimizers["disc"] = make_optimizer(disc, spec)
+            optimizers[DISC] = make_optimizer(disc, spec)
             if spec.schedule == "main":
-                self.scheduled_lr["disc"] = spec.lr
+                self.scheduled_lr[DISC] = spec.lr
             for p in disc:  # frozen except during its own step (generator step with D frozen)
                 p.requires_grad_(False)
         return optimizers
@@ -238,7 +239,7 @@ class Trainer:
         if allreduce:  # parameters outside DDP (the discriminator): average across ranks here
             distributed.average_gradients(params)
         self.scaler.unscale_(opt)
-        max_norm = self.exp.train.grad_clip if (key == "main" and self.exp.train.grad_clip > 0) else math.inf
+        max_norm = self.exp.train.grad_clip if (key == MAIN and self.exp.train.grad_clip > 0) else math.inf
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
         if self.exp.train.nonfinite == "skip" and not (math.isfinite(loss.item()) and math.isfinite(norm.item())):
             self._skip_step(key, loss, norm)
@@ -280,13 +281,14 @@ class Trainer:
             set_lr(self.optimizers[key], base * factor)
         batch = self._next_batch()
         with self._autocast():
-            out = self.model(batch, step, "main")
-        norm = self._optimize("main", out["loss"], self.main_params)
+            out = dict(self.model(batch, step, MAIN))
+        norm = self._optimize(MAIN, out[LOSS], self.main_params)
+        handoff = out.pop(HANDOFF, None)
         out = detached(out)
         if norm is not None:
             out["grad_norm"] = norm
-        if "disc" in self.optimizers:
-            out.update(self._discriminator_step(batch, step))
+        if DISC in self.optimizers:
+            out.update(self._discriminator_step(batch, step, handoff))
         self.scaler.update()
         for teacher, student, decay in self.ema_plan(step):
             ema_update(teacher, student, decay, buffers=self.method.ema_buffers)
@@ -296,15 +298,15 @@ class Trainer:
             out["phase"] = at.index
         return out
 
-    def _discriminator_step(self, batch: Batch, step: int) -> dict[str, Any]:
+    def _discriminator_step(self, batch: Batch, step: int, handoff: Any = None) -> dict[str, Any]:
         params = self.method.discriminator_parameters()
         for p in params:
             p.requires_grad_(True)
         try:
             with self._autocast():
                 # Not through DDP: its forward would expect the main parameters' gradients.
-                out = dict(self.method(batch, step, "disc"))
-            norm = self._optimize("disc", out["loss_d"], params, allreduce=self.world_size > 1)
+                out = dict(self.method(batch, step, DISC, handoff))
+            norm = self._optimize(DISC, out[LOSS_D], params, allreduce=self.world_size > 1)
             out = detached(out)
             if norm is not None:
                 out["grad_norm_d"] = norm

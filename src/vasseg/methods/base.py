@@ -9,10 +9,10 @@ clipping, checkpoints and logging. A method:
 * returns named losses from :meth:`Method.training_step` (the key ``loss`` is what the main
   optimizer minimises; other keys are logged, and the engine detaches them: a method returns
   its terms as computed);
-* declares a second player, if any, through :meth:`discriminator_parameters` /
-  :meth:`discriminator_optimizer` and returns ``loss_d`` from :meth:`discriminator_step`,
-  which the engine calls after the generator step, with the discriminator frozen during the
-  generator step;
+* declares a second player, if any (:mod:`vasseg.methods.players`; :class:`Adversarial` gives
+  the optimizer from :class:`DiscriminatorParams`), through :meth:`discriminator_parameters` and
+  returns ``loss_d`` from :meth:`discriminator_step`, which the engine calls after the generator
+  step (the discriminator frozen during it) with what ``training_step`` returned under ``handoff``;
 * declares its EMA pairs through :meth:`ema_pairs`; the engine updates them after each step
   (a method that schedules its teachers itself overrides :meth:`ema_updates`);
 * may declare training phases (:meth:`phases`, see :mod:`vasseg.methods.phases`); the engine
@@ -32,7 +32,7 @@ import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from vasseg.data.batcher import Batch
 from vasseg.methods.losses import sigmoid_rampup
 from vasseg.methods.phases import Phase, PhaseAt, locate
+from vasseg.methods.players import DISC, MAIN, Player
 from vasseg.models.outputs import ProbsKind, probs_from_logits
 from vasseg.models.vnet import VNet
 from vasseg.typed import ConfigError
@@ -117,20 +118,17 @@ class Method(nn.Module):
         """Named losses for one step; ``loss`` is minimised by the main optimizer."""
         raise NotImplementedError
 
-    def discriminator_step(self, batch: Batch, step: int) -> dict[str, Tensor]:
-        """The second player's losses (``loss_d``), on features cached (detached) by the step."""
+    def discriminator_step(self, batch: Batch, step: int, handoff: Any = None) -> dict[str, Tensor]:
+        """The second player's losses (``loss_d``); ``handoff``: what this step's :meth:`training_step`
+        returned under ``"handoff"`` (detached), None when it returned nothing there."""
         raise NotImplementedError(f"method {self.name!r} has no discriminator")
 
     def discriminator_parameters(self) -> list[nn.Parameter]:
         return []
 
     def discriminator_optimizer(self) -> OptimizerSpec | None:
-        """The discriminator's optimizer: by default Adam at ``params.disc_lr`` and ``params.disc_betas``
-        (the recipe of every adversarial method here) when there are discriminator parameters."""
-        if not self.discriminator_parameters():
-            return None
-        return OptimizerSpec(name="adam", lr=self.params.disc_lr, betas=self.params.disc_betas,
-                             schedule=getattr(self.params, "disc_lr_schedule", "constant"))
+        """The discriminator's optimizer (:class:`Adversarial` gives one from its Params)."""
+        return None
 
     def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         """``(teacher, student)`` module pairs the engine updates by EMA after every step."""
@@ -161,13 +159,14 @@ class Method(nn.Module):
         excluded = {id(p) for p in self.discriminator_parameters()}
         return [p for p in self.parameters() if p.requires_grad and id(p) not in excluded]
 
-    def forward(self, batch: Batch, step: int, phase: str = "main") -> dict[str, Tensor]:
-        """Dispatch used by the engine (so that DDP sees every pass as a forward)."""
-        if phase == "main":
+    def forward(self, batch: Batch, step: int, player: Player = MAIN, handoff: Any = None) -> dict[str, Any]:
+        """The pass of ``player`` (:mod:`vasseg.methods.players`), the engine's one entry, so that
+        DDP sees every pass as a forward; ``handoff`` goes to :meth:`discriminator_step`."""
+        if player == MAIN:
             return self.training_step(batch, step)
-        if phase == "disc":
-            return self.discriminator_step(batch, step)
-        raise ValueError(f"unknown phase {phase!r}")
+        if player == DISC:
+            return self.discriminator_step(batch, step, handoff)
+        raise ValueError(f"unknown player {player!r}")
 
     # -- inference ----------------------------------------------------------------------------
 
@@ -183,6 +182,29 @@ class Method(nn.Module):
         """Class probabilities ``(B, num_classes, X, Y, Z)`` for a batch of patches."""
         # float32 before the softmax: under bf16 autocast the logits are bf16 (~3 significant digits).
         return probs_from_logits(self.logits(x).float(), self.output_kind)
+
+
+@dataclass(frozen=True)
+class DiscriminatorParams:
+    """Fields of the Params of a method with a discriminator (a mixin): its Adam optimizer."""
+
+    disc_lr: float = 2e-4
+    disc_betas: tuple[float, float] = (0.5, 0.999)
+
+
+class Adversarial(Method):
+    """A method with a discriminator: its optimizer is Adam at ``params.disc_lr`` / ``disc_betas``
+    (Params derive from :class:`DiscriminatorParams`), on the schedule :meth:`discriminator_schedule`."""
+
+    def discriminator_schedule(self) -> Literal["constant", "main"]:
+        """The discriminator's learning rate: ``constant`` or following the main optimizer's policy."""
+        return "constant"
+
+    def discriminator_optimizer(self) -> OptimizerSpec | None:
+        if not self.discriminator_parameters():
+            return None
+        return OptimizerSpec(name="adam", lr=self.params.disc_lr, betas=self.params.disc_betas,
+                             schedule=self.discriminator_schedule())
 
 
 def build_vnet(exp: Experiment, out_channels: int, up_mode: str = "deconv") -> VNet:

@@ -29,6 +29,8 @@ from torch import Tensor, nn
 
 from vasseg.data.batcher import Batch
 from vasseg.methods import register
+from vasseg.methods.base import Adversarial, DiscriminatorParams
+from vasseg.methods.players import HANDOFF
 from vasseg.methods.sdm_head import SDMHeadMethod, eval_mode
 from vasseg.models.discriminator import SDMDiscriminator
 
@@ -37,7 +39,7 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class SASSNetParams:
+class SASSNetParams(DiscriminatorParams):
     beta: float = 0.3  # weight of the SDM regression
     adversarial: float = 0.01  # w_max of the adversarial term: 0.01 (16 labeled), 0.015 (8)
     rampup: float = 1.0  # fraction of train.iterations (their iter // 150 over 40 = 6000 of 6000)
@@ -50,7 +52,7 @@ class SASSNetParams:
 
 
 @register("sassnet")
-class SASSNet(SDMHeadMethod):
+class SASSNet(SDMHeadMethod, Adversarial):
     """Dual-head student; a discriminator on the SDMs makes unlabeled shapes look like labeled ones."""
 
     Params = SASSNetParams
@@ -60,7 +62,6 @@ class SASSNet(SDMHeadMethod):
     def __init__(self, exp: Experiment) -> None:
         super().__init__(exp)
         self.discriminator = SDMDiscriminator(1, exp.model.in_channels, self.params.disc_filters)
-        self._cached_sdm: Tensor | None = None
 
     def discriminator_parameters(self) -> list[nn.Parameter]:
         return list(self.discriminator.parameters())
@@ -80,23 +81,23 @@ class SASSNet(SDMHeadMethod):
         real = torch.ones(d_logits.shape[0], dtype=torch.long, device=d_logits.device)
         terms["loss_adv"] = F.cross_entropy(d_logits.float(), real)  # make D call unlabeled "labeled"
         terms["w_adv"] = self.adversarial_weight(step)
-        self._cached_sdm = out.sdm.detach()
+        terms[HANDOFF] = out.sdm.detach()  # the "cached" discriminator input
         return terms
 
     # -- discriminator ------------------------------------------------------------------------
 
     @torch.no_grad()
-    def discriminator_input(self, batch: Batch) -> Tensor:
-        """The SDMs ``(B, 1, X, Y, Z)`` D learns on (no gradient to the student)."""
-        if self.params.disc_input == "cached" and self._cached_sdm is not None:
-            return self._cached_sdm
+    def discriminator_input(self, batch: Batch, handoff: Tensor | None = None) -> Tensor:
+        """The SDMs ``(B, 1, X, Y, Z)`` D learns on (no gradient to the student); ``handoff``: the
+        generator step's, used under ``disc_input: cached``."""
+        if self.params.disc_input == "cached" and handoff is not None:
+            return handoff
         with eval_mode(self.student):
             return self.student(batch.image_all).sdm
 
-    def discriminator_step(self, batch: Batch, step: int) -> dict[str, Tensor]:
+    def discriminator_step(self, batch: Batch, step: int, handoff: Tensor | None = None) -> dict[str, Tensor]:
         self.discriminator.train()
-        sdm = self.discriminator_input(batch)
-        self._cached_sdm = None
+        sdm = self.discriminator_input(batch, handoff)
         logits = self.discriminator(sdm, batch.image_all)
         n_l = batch.labeled_bs
         target = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)

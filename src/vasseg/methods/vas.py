@@ -6,8 +6,7 @@ then unlabeled patches:
 * ``L_adv`` (Sec. III-A): encoder maps of the student -> multi-resolution fusion -> sampled voxel
   features -> voxel discriminator, one head per class. Classes come from the ground truth
   (labeled, "real") and from the teacher's pseudo-labels above ``threshold`` (unlabeled, "fake");
-  the student is trained to make unlabeled features look real; D has its own Adam, stepped by
-  the engine on ``loss_d`` from :meth:`VAS.discriminator_step` with the features cached here.
+  the student makes unlabeled features look real; D's Adam steps on :meth:`VAS.discriminator_step`.
 * ``L_feature`` (Sec. III-B, BYOL): fused features of class-balanced labeled voxels through the
   student's projector and predictor, against the EMA teacher's projector on the same voxels.
 * ``L_c``: softmax MSE to the EMA teacher, ``gamma(t) = gamma exp(-5 (1 - t / t_max)^2)``.
@@ -28,9 +27,11 @@ from torch import Tensor, nn
 
 from vasseg.data.batcher import Batch
 from vasseg.methods import register
-from vasseg.methods.base import Method, TeacherMode, make_teacher, teacher_in_mode, teacher_noise
+from vasseg.methods.base import (Adversarial, DiscriminatorParams, TeacherMode, make_teacher, teacher_in_mode,
+                                 teacher_noise)
 from vasseg.methods.losses import ConsistencyReduction, consistency_term, supervised_loss
 from vasseg.methods.voxel_gan import DiscCache, GeneratorLoss, VoxelReduction, discriminator_losses, generator_term
+from vasseg.methods.players import HANDOFF
 from vasseg.models.heads import (MultiResolutionFusion, ProjectionHead, VoxelDiscriminator, VoxelIndex, pseudo_labels,
                                  sample_voxels, select_levels, voxel_byol_loss)
 from vasseg.typed import ConfigError
@@ -42,14 +43,13 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class VASParams:
-    """VAS hyper-parameters (paper values first; ``paper silent`` marks PAPER.md's defaults)."""
+class VASParams(DiscriminatorParams):
+    """VAS hyper-parameters (paper values first; ``paper silent`` marks PAPER.md's defaults; D's Adam: the mixin's)."""
 
     alpha: float = 0.01  # weight of L_adv
     beta: float = 0.1  # weight of L_feature (0.1 on LA, 100 on multi-organ)
     gamma: float = 0.001  # maximum weight of L_c, reached by the Gaussian ramp
-    # gamma's ramp length as a fraction of train.iterations (paper: t_max = max iterations).
-    rampup: float = 1.0
+    rampup: float = 1.0  # gamma's ramp length, a fraction of train.iterations (paper: t_max = max iterations)
     threshold: float = 0.7  # pseudo-label threshold t; voxels not above it are left out (paper silent)
     use_adv: bool = True  # Table IV switches
     use_feature: bool = True
@@ -66,10 +66,7 @@ class VASParams:
     voxels_per_class: int = 512  # per class per image, with replacement when fewer (paper silent)
     noise_std: float = 0.1  # teacher input noise clamp(N(0, std), +-clip); 0 turns it off (paper silent)
     noise_clip: float = 0.2
-    disc_lr: float = 2e-4  # D's Adam (the paper, after DCGAN)
-    disc_betas: tuple[float, float] = (0.5, 0.999)
-    # D's lr over training (paper silent): constant (DCGAN) | main, the student's policy factor.
-    disc_lr_schedule: Literal["constant", "main"] = "constant"
+    disc_lr_schedule: Literal["constant", "main"] = "constant"  # (paper silent) constant: DCGAN | main: the student's
     disc_slope: float = 0.2  # LeakyReLU slope in D's MLP (paper silent)
     gen_loss: GeneratorLoss = "nonsaturating"  # (paper silent) BCE(D(f_u), real) | minimax log(1 - D)
     # Who owns the fusion in front of D (paper silent; Fig. 3a draws it inside D): discriminator
@@ -86,14 +83,13 @@ class VASParams:
     # fits its tiny weight) | "sum", each image's squared norm ||f_t - f_s||^2 (Eq. 5 literally).
     consistency_reduction: ConsistencyReduction = "mean"
     teacher_mode: TeacherMode = "train"  # teacher forward for pseudo-labels, L_c, BYOL targets (paper silent)
-    # EMA decay of BYOL's target fusion and projector (paper silent; BYOL: >= 0.996); None: the
-    # engine's teacher decay (train.ema_decay with its warm-up). The target's encoder features
-    # are the mean teacher's either way (no second VNet).
+    # EMA decay of BYOL's target fusion and projector (paper silent; BYOL: >= 0.996); None: the engine's
+    # teacher decay (train.ema_decay, warm-up included). Target encoder features: the mean teacher's (no 2nd VNet).
     byol_target_decay: float | None = None
 
 
 @register("vas")
-class VAS(Method):
+class VAS(Adversarial):
     """Voxel-wise adversarial + BYOL representation learning on a mean-teacher VNet."""
 
     Params = VASParams
@@ -103,8 +99,7 @@ class VAS(Method):
         """Reject inconsistent options with the key's name (the option sets are the Params' types)."""
         super().check_config(exp)
         p: VASParams = exp.method.params
-        levels = p.fusion_levels
-        if not levels or len(set(levels)) != len(levels) or any(not 0 <= i <= 4 for i in levels):
+        if not (levels := p.fusion_levels) or len(set(levels)) != len(levels) or any(not 0 <= i <= 4 for i in levels):
             raise ConfigError(f"method.fusion_levels: distinct encoder levels in 0..4 (got {p.fusion_levels})")
         if p.byol_target_decay is not None and not 0.0 <= p.byol_target_decay < 1.0:
             raise ConfigError(f"method.byol_target_decay: in [0, 1) (got {p.byol_target_decay})")
@@ -119,7 +114,6 @@ class VAS(Method):
     def __init__(self, exp: Experiment) -> None:
         super().__init__(exp)
         p: VASParams = self.params
-        self._cache: DiscCache | None = None
         self.teacher = make_teacher(self.student) if (p.use_adv or p.use_feature or p.use_consistency) else None
         new_fusion = partial(MultiResolutionFusion, [self.student.encoder_channels[i] for i in p.fusion_levels],
                              p.channels, p.fusion_kernel, p.fusion_out_kernel, p.fusion_mode)
@@ -158,10 +152,11 @@ class VAS(Method):
     def discriminator_parameters(self) -> list[nn.Parameter]:
         if not self.params.use_adv:
             return []
-        params = list(self.discriminator.parameters())
-        if self.params.adv_fusion == "discriminator":
-            params += list(self.adv_fusion.parameters())
-        return params
+        own_fusion = self.adv_fusion.parameters() if self.params.adv_fusion == "discriminator" else []
+        return [*self.discriminator.parameters(), *own_fusion]
+
+    def discriminator_schedule(self) -> Literal["constant", "main"]:
+        return self.params.disc_lr_schedule
 
     def consistency_weight(self, step: int) -> float:
         """``gamma exp(-5 (1 - t / t_max)^2)`` with ``t`` in iterations."""
@@ -187,18 +182,14 @@ class VAS(Method):
             index_l = sample_voxels(batch.label_l, self.num_classes, p.voxels_per_class)
             logs.update(index_l.named_counts("vox_l"))
         if p.use_consistency:
-            loss = loss + self._consistency(out.logits, t_out.logits, n_l, step, logs)
+            cons = consistency_term(out.logits, t_out.logits, n_l, p.consistency_on, p.consistency_reduction)
+            logs.update(loss_cons=cons, w_cons=self.consistency_weight(step))
+            loss = loss + logs["w_cons"] * cons
         if p.use_adv:
             loss = loss + p.alpha * self._adversarial(out.encoder, t_out.logits[n_l:], index_l, n_l, logs)
         if p.use_feature:
             loss = loss + p.beta * self._feature(out.encoder, t_out.encoder, index_l, n_l, logs)
         return {"loss": loss, **logs}
-
-    def _consistency(self, s_logits: Tensor, t_logits: Tensor, n_l: int, step: int, logs: dict) -> Tensor:
-        cons = consistency_term(s_logits, t_logits, n_l, self.params.consistency_on, self.params.consistency_reduction)
-        weight = self.consistency_weight(step)
-        logs.update(loss_cons=cons, w_cons=weight)
-        return weight * cons
 
     def _adversarial(self, enc: list[Tensor], t_logits_u: Tensor, index_l: VoxelIndex, n_l: int, logs: dict) -> Tensor:
         """Generator term: unlabeled voxel features through the (frozen) D, labelled real."""
@@ -207,7 +198,7 @@ class VAS(Method):
         index_u = sample_voxels(pseudo, self.num_classes, p.voxels_per_class)
         maps_l, maps_u = (select_levels(enc, p.fusion_levels, part) for part in (slice(None, n_l), slice(n_l, None)))
         gen = generator_term(self.adv_fusion, self.discriminator, maps_u, index_u, p.gen_loss, p.adv_reduction)
-        self._cache = DiscCache.of(maps_l, index_l, maps_u, index_u)
+        logs[HANDOFF] = DiscCache.of(maps_l, index_l, maps_u, index_u)  # D's step learns on these
         logs.update(loss_adv=gen, w_adv=p.alpha, pseudo_coverage=coverage, **index_u.named_counts("vox_u"))
         return gen
 
@@ -221,12 +212,9 @@ class VAS(Method):
         logs.update(loss_feature=feat, w_feature=self.params.beta)
         return feat
 
-    # -- discriminator step -------------------------------------------------------------------
-
-    def discriminator_step(self, batch: Batch, step: int) -> dict[str, Tensor]:
-        """``loss_d``: labeled voxel features real, unlabeled fake, on this step's cached features."""
-        cache, self._cache = self._cache, None
-        if cache is None:
+    def discriminator_step(self, batch: Batch, step: int, handoff: DiscCache | None = None) -> dict[str, Tensor]:
+        """``loss_d``: labeled voxel features real, unlabeled fake, on those ``training_step`` handed over."""
+        if handoff is None:
             raise RuntimeError("vas: discriminator_step needs the features of training_step of the same step")
-        owns_fusion = self.params.adv_fusion == "discriminator"
-        return discriminator_losses(self.adv_fusion, self.discriminator, cache, owns_fusion, self.params.adv_reduction)
+        owns = self.params.adv_fusion == "discriminator"
+        return discriminator_losses(self.adv_fusion, self.discriminator, handoff, owns, self.params.adv_reduction)
