@@ -164,7 +164,7 @@ def setup_logging(debug: bool, quiet: bool) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from vasseg.config import load_config
-    from vasseg.engine.run import train_experiment
+    from vasseg.training import train
 
     overrides = list(args.overrides) + ([f"run.out_dir={args.out_dir}"] if args.out_dir else [])
     if args.deterministic:
@@ -172,9 +172,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.quiet:
         overrides.append("train.progress=false")
     exp = load_config(args.config, overrides)
-    from vasseg.report.features import snapshot_hook  # noqa: F401 - importing it registers the hook
-
-    run_dir = train_experiment(exp, resume=args.resume)
+    run_dir = train(exp, resume=args.resume)  # with the hooks the config asks for (feature snapshots)
     print(run_dir)
     return 0
 

@@ -17,8 +17,9 @@ from typing import Any
 
 from vasseg.config import ConfigError, build_experiment, merge, read_yaml
 from vasseg.data.synthetic import write_phantom_la_layout
-from vasseg.engine.run import evaluate_run, train_experiment
+from vasseg.engine.run import evaluate_run
 from vasseg.engine.setup import has_checkpoint, run_dir_for
+from vasseg.training import train
 
 log = logging.getLogger(__name__)
 
@@ -77,13 +78,11 @@ def run_demo(out_dir: str | Path = "vasseg-demo", iterations: int | None = None,
     if not (data / "train.list").exists():
         log.info("writing phantoms to %s", data)
         write_phantom_la_layout(data, **PHANTOMS)
-    from vasseg.report.features import snapshot_hook  # noqa: F401 - importing it registers the hook
-
     tables, run_dirs = [], []
     for method in DEMO_METHODS:
         exp = demo_experiment(out, method, iterations, progress)
         # a rerun with the same settings continues (or reuses) the run instead of training again
-        run_dir = train_experiment(exp, resume=has_checkpoint(run_dir_for(exp)))
+        run_dir = train(exp, resume=has_checkpoint(run_dir_for(exp)))
         _, table = evaluate_run(run_dir, split="test", progress=progress)
         tables.append(table)
         run_dirs.append(run_dir)

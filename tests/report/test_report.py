@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from vasseg.engine.run import train_experiment
+import vasseg
 from vasseg.report import features as features_module
 from vasseg.report.build import ReportOptions, build_report
 
@@ -41,7 +41,7 @@ def _train_and_report(phantom_root: Path, out: Path) -> dict[str, Path]:
             train = {"seed": seed, "iterations": 30, "lr_step": 30, "ckpt_every": 30, "log_every": 5}
             exp = tiny_experiment(phantom_root, out / "runs", method, train=train,
                                   run={"feature_snapshots": [2, 4]})
-            train_experiment(exp)
+            vasseg.train(exp)  # the Python API: the config's feature snapshots are saved
     options = ReportOptions(embedding="tsne", feature_voxels=8, feature_cases=2, device="cpu")
     html = build_report([out / "runs"], out / "report", options)
     return {"runs": out / "runs", "report": out / "report", "html": html}

@@ -14,6 +14,7 @@ import logging
 import shutil
 import sys
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
@@ -37,7 +38,7 @@ from vasseg.engine.distributed import DistInfo
 from vasseg.engine.lock import run_lock
 from vasseg.engine.precision import resolve_precision
 from vasseg.engine.windows import EVALUATE_DEFAULT, Windows, describe_inference
-from vasseg.engine.trainer import Trainer
+from vasseg.engine.trainer import StepEndHook, Trainer
 from vasseg.atomic import check_output_dir
 from vasseg.outfolder import check_folder, published_folder
 from vasseg.methods import get_method
@@ -71,10 +72,10 @@ def check_training_data(exp: Experiment, data: DataBundle) -> None:
 
 
 def start_trainer(exp: Experiment, data: DataBundle, run_dir: Path, device: torch.device,
-                  resume: bool, info: DistInfo = DistInfo()) -> Trainer:
-    """Seed, build the method and the trainer, restore the latest checkpoint when asked."""
+                  resume: bool, info: DistInfo = DistInfo(), hooks: Sequence[StepEndHook] = ()) -> Trainer:
+    """Seed, build the method and the trainer (with ``hooks``), restore the latest checkpoint when asked."""
     seed_everything(exp.train.seed, exp.train.deterministic)
-    trainer = Trainer(exp, build_method(exp), data, run_dir, device, info.rank, info.world_size)
+    trainer = Trainer(exp, build_method(exp), data, run_dir, device, info.rank, info.world_size, hooks)
     if resume and trainer.resume():
         return trainer
     if resume:  # checked before the data were read; a checkpoint that vanished since ends up here
@@ -87,8 +88,10 @@ def start_trainer(exp: Experiment, data: DataBundle, run_dir: Path, device: torc
     return trainer
 
 
-def train_experiment(exp: Experiment, resume: bool = False, evaluate_val: bool = True) -> Path:
-    """Train ``exp`` (resuming its latest checkpoint when asked); returns the run folder.
+def train_experiment(exp: Experiment, resume: bool = False, evaluate_val: bool = True,
+                     hooks: Sequence[StepEndHook] = ()) -> Path:
+    """Train ``exp`` (resuming its latest checkpoint when asked) with the step-end ``hooks``
+    (:func:`vasseg.training.default_hooks` builds the ones a config asks for); returns the run folder.
 
     Under ``torchrun`` every process calls this; rank 0 alone writes the run folder and holds
     its lock (:mod:`vasseg.engine.lock`) from before the folder is made until training ends.
@@ -102,17 +105,17 @@ def train_experiment(exp: Experiment, resume: bool = False, evaluate_val: bool =
         data = build_data(exp, method_cls, progress=exp.train.progress and info.is_main)
         check_training_data(exp, data)
         with run_lock(run_dir_for(exp)) if info.is_main else contextlib.nullcontext():
-            return _train_in_run_dir(exp, data, resume, evaluate_val, info, device)
+            return _train_in_run_dir(exp, data, resume, evaluate_val, info, device, hooks)
     finally:
         distributed.shutdown()
 
 
 def _train_in_run_dir(exp: Experiment, data: DataBundle, resume: bool, evaluate_val: bool, info: DistInfo,
-                      device: torch.device) -> Path:
+                      device: torch.device, hooks: Sequence[StepEndHook]) -> Path:
     run_dir = _open_run_dir(exp, data, resume, info)
     handler = attach_file_log(run_dir) if info.is_main else None
     try:
-        trainer = _start_or_clean(exp, data, run_dir, device, resume, info)
+        trainer = _start_or_clean(exp, data, run_dir, device, resume, info, hooks)
         log.info("run folder: %s (device %s, rank %d of %d)", run_dir, device, info.rank, info.world_size)
         trainer.fit()
         if evaluate_val and data.val is not None and info.is_main:
@@ -144,11 +147,11 @@ def _open_run_dir(exp: Experiment, data: DataBundle, resume: bool, info: DistInf
 
 
 def _start_or_clean(exp: Experiment, data: DataBundle, run_dir: Path, device: torch.device,
-                    resume: bool, info: DistInfo) -> Trainer:
+                    resume: bool, info: DistInfo, hooks: Sequence[StepEndHook]) -> Trainer:
     """Build the trainer; a run folder that never reached its first step is removed on failure."""
     had_checkpoint = has_checkpoint(run_dir)
     try:
-        return start_trainer(exp, data, run_dir, device, resume, info)
+        return start_trainer(exp, data, run_dir, device, resume, info, hooks)
     except BaseException:
         if info.is_main and not had_checkpoint and not (run_dir / "scalars.jsonl").exists():
             shutil.rmtree(run_dir, ignore_errors=True)  # failed before its first step

@@ -13,7 +13,7 @@ One step (:meth:`Trainer.train_step`), in this order::
     logging        every term detached and buffered; flushed, checked finite, every train.log_every
 
 Around the steps (:meth:`Trainer.fit`): validation every ``train.val_every`` (``best.pt``), the
-step-end hooks (:data:`STEP_END_HOOKS`: the report registers its feature snapshots there),
+step-end hooks its builder passes (:func:`vasseg.training.default_hooks`: e.g. feature snapshots),
 atomic checkpoints every ``train.ckpt_every`` (exact resume), and a clean stop on SIGTERM/SIGINT.
 A method's training phases (:mod:`vasseg.methods.phases`) run back to back in this one loop.
 """
@@ -58,14 +58,6 @@ log = logging.getLogger(__name__)
 
 StepEndHook = Callable[["Trainer"], None]
 """Called after every step (after validation, before the checkpoint) with the trainer, on every rank."""
-STEP_END_HOOKS: list[StepEndHook] = []  # default hooks of every Trainer, see register_step_end
-
-
-def register_step_end(hook: StepEndHook) -> StepEndHook:
-    """Add ``hook`` to the hooks every new :class:`Trainer` runs (once; usable as a decorator)."""
-    if hook not in STEP_END_HOOKS:
-        STEP_END_HOOKS.append(hook)
-    return hook
 
 
 class TrainingStopped(RuntimeError):
@@ -81,7 +73,7 @@ class Trainer:
 
     def __init__(self, exp: Experiment, method: Method, data: DataBundle, run_dir: Path,
                  device: torch.device, rank: int = 0, world_size: int = 1,
-                 hooks: Sequence[StepEndHook] | None = None) -> None:
+                 hooks: Sequence[StepEndHook] = ()) -> None:
         self.exp, self.method, self.data, self.run_dir = exp, method, data, run_dir
         self.device, self.rank, self.world_size = device, rank, world_size
         self.is_main = rank == 0
@@ -107,10 +99,10 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
         self.batcher = self._build_batcher()
         self.scalars = ScalarLog(run_dir, exp.run.tensorboard, enabled=self.is_main)
-        self.step_end_hooks = list(STEP_END_HOOKS if hooks is None else hooks)
+        self.step_end_hooks = list(hooks)
         if exp.run.feature_snapshots and not self.step_end_hooks:
-            log.warning("run.feature_snapshots: no step-end hook saves them (importing vasseg.report.features "
-                        "registers one; `vasseg train` does)")
+            log.warning("run.feature_snapshots: no step-end hook was given to save them (vasseg.train and "
+                        "`vasseg train` give vasseg.training.default_hooks(exp))")
 
     # -- construction -------------------------------------------------------------------------
 

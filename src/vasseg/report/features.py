@@ -9,8 +9,8 @@ the sampled voxels only). Voxels are sampled per class, balanced and bounded.
 A voxel's class is its ground truth when the volume has a label (every LA training case does, so
 "unlabeled" volumes are coloured by truths the method never saw) and the network's prediction
 otherwise (``from_prediction``). :func:`save_snapshot` stores a sample as ``step_NNNNNN.npz`` so the
-report can show the alignment over training; :func:`snapshot_hook`, registered with the trainer
-when this module is imported, calls it at the steps ``run.feature_snapshots`` lists.
+report can show the alignment over training; :func:`snapshot_hook`, a step-end hook of the trainer
+(:func:`vasseg.training.default_hooks` passes it), calls it at the steps ``run.feature_snapshots`` lists.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vasseg.engine.trainer import Trainer, register_step_end
+from vasseg.engine.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +206,6 @@ def save_snapshot(method: nn.Module, data: Any, exp: Any, step: int, out_dir: Pa
     return path
 
 
-@register_step_end
 def snapshot_hook(trainer: Trainer) -> None:
     """The trainer's step-end hook: a snapshot of the student at every step of ``run.feature_snapshots``."""
     if trainer.is_main and trainer.step in trainer.exp.run.feature_snapshots:
