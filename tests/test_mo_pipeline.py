@@ -103,8 +103,9 @@ def test_every_method_trains_on_nine_classes(method: str, synthetic: Path, tmp_p
 
 
 def _rows(grid: str, dice: float) -> list[Row]:
-    return [Row(case=c, cls=k, dice=dice, jaccard=dice / 2, hd95=2.0, asd=1.0, assd=1.0, hd95_mm=4.0,
-                asd_mm=2.0, assd_mm=2.0, status="ok", grid=grid) for c in ("a", "b") for k in range(1, 9)]
+    values = {"dice": dice, "jaccard": dice / 2, "hd95": 2.0, "asd": 1.0, "assd": 1.0, "hd95_mm": 4.0,
+              "asd_mm": 2.0, "assd_mm": 2.0}
+    return [Row(case=c, cls=k, values=values, status="ok", grid=grid) for c in ("a", "b") for k in range(1, 9)]
 
 
 def test_table_ii_layout_and_grids(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ import json
 import logging
 import math
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -36,31 +36,13 @@ from vasseg.data.format import get_format
 from vasseg.data.volumes import Case, VolumeSet, resized_argmax
 from vasseg.engine.windows import EVALUATE_DEFAULT, Windows, infer_probs
 from vasseg.methods.base import Method
-from vasseg.metrics import CaseMetrics, Summary, format_mean_std, per_class_metrics, summarize
+from vasseg.metrics.table import (CaseRow, Summary, csv_columns, format_mean_std, is_percent, metric_columns,
+                                  metric_of, score_labels, table_metrics)
 from vasseg.outfolder import Owner
 
 log = logging.getLogger(__name__)
 
-METRICS = ("dice", "jaccard", "hd95", "asd", "assd")
-MM_METRICS = ("hd95", "asd", "assd")
-
-
-@dataclass
-class Row:
-    """One (case, class) result; distances in voxels and, when known, in mm."""
-
-    case: str
-    cls: int
-    dice: float
-    jaccard: float
-    hd95: float
-    asd: float
-    assd: float
-    hd95_mm: float
-    asd_mm: float
-    assd_mm: float
-    status: str
-    grid: str = "native"  # "native": the file's original grid; "model": the grid the network ran on
+Row = CaseRow  # one (case, class) result: the metric table's columns (vasseg.metrics.table) as a mapping
 
 
 GRID_TITLES = {
@@ -128,19 +110,8 @@ def reference_of(case: Case, exp: Experiment) -> tuple[np.ndarray, tuple[float, 
 
 def score_case(case_id: str, pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...],
                num_classes: int, empty_distance: str, grid: str = "native") -> list[Row]:
-    """Rows for every foreground class; mm distances reuse voxel ones for isotropic spacing."""
-    classes = list(range(1, num_classes))
-    vox = per_class_metrics(pred, ref, classes, None, empty_distance)
-    isotropic = len(set(spacing)) == 1
-    mm = vox if isotropic else per_class_metrics(pred, ref, classes, spacing, empty_distance)
-    factor = spacing[0] if isotropic else 1.0
-    return [_row(case_id, c, vox[c], mm[c], factor, grid) for c in classes]
-
-
-def _row(case_id: str, cls: int, vox: CaseMetrics, mm: CaseMetrics, factor: float, grid: str) -> Row:
-    return Row(case=case_id, cls=cls, dice=vox.dice, jaccard=vox.jaccard, hd95=vox.hd95,
-               asd=vox.asd, assd=vox.assd, hd95_mm=mm.hd95 * factor, asd_mm=mm.asd * factor,
-               assd_mm=mm.assd * factor, status=vox.status, grid=grid)
+    """Rows of every metric of the table for every foreground class (distances in voxels and mm)."""
+    return score_labels(case_id, pred, ref, list(range(1, num_classes)), spacing, empty_distance, grid)
 
 
 def evaluate_cases(method: Method, cases: VolumeSet | Iterable[Case], exp: Experiment, device: torch.device,
@@ -193,15 +164,15 @@ def summarize_rows(rows: Iterable[Row]) -> dict[str, Any]:
 
 
 def _summarize(rows: list[Row]) -> dict[str, Any]:
-    names = (*METRICS, *(f"{k}_mm" for k in MM_METRICS))
+    reduce = {m: metric_of(m).reduce for m in metric_columns()}
     per_class: dict[int, dict[str, Summary]] = {}
     for cls in sorted({r.cls for r in rows}):
         sel = [r for r in rows if r.cls == cls]
-        per_class[cls] = {m: summarize([getattr(r, m) for r in sel]) for m in names}
+        per_class[cls] = {m: fn([r.values[m] for r in sel]) for m, fn in reduce.items()}
     by_case: dict[str, list[Row]] = {}
     for r in rows:
         by_case.setdefault(r.case, []).append(r)
-    mean = {m: summarize([_nanmean([getattr(r, m) for r in rs]) for rs in by_case.values()]) for m in names}
+    mean = {m: fn([_nanmean([r.values[m] for r in rs]) for rs in by_case.values()]) for m, fn in reduce.items()}
     counts: dict[str, int] = {}
     for r in rows:
         counts[r.status] = counts.get(r.status, 0) + 1
@@ -213,10 +184,15 @@ def _nanmean(values: list[float]) -> float:
     return float(np.mean(finite)) if finite else math.nan
 
 
+def summary_columns(with_mm: bool) -> list[tuple[str, str]]:
+    """(value column, header) of the summary tables: the table's metrics, then their mm distances."""
+    metrics = table_metrics()
+    cols = [(m.name, f"{m.label} %" if m.unit == "fraction" else f"{m.label} (vox)") for m in metrics]
+    return cols + ([(f"{m.name}_mm", f"{m.label} (mm)") for m in metrics if m.unit == "voxels"] if with_mm else [])
+
+
 def table_header(with_mm: bool) -> str:
-    cols = ["Dice %", "Jaccard %", "95HD (vox)", "ASSD* (vox)"]
-    if with_mm:
-        cols += ["95HD (mm)", "ASSD* (mm)"]
+    cols = [header for _, header in summary_columns(with_mm)]
     return "| " + " | ".join(["method", "labeled", *cols]) + " |\n|" + "---|" * (len(cols) + 2) + "\n"
 
 
@@ -224,11 +200,13 @@ def _pct(x: Summary) -> Summary:
     return Summary(x.mean * 100, x.std * 100, x.n, x.n_nan)
 
 
+def _shown(column: str, s: Summary) -> Summary:
+    """A summary as the tables show it (fractions in %)."""
+    return _pct(s) if is_percent(column) else s
+
+
 def table_line(label: str, labeled: str, s: dict[str, Summary], with_mm: bool) -> str:
-    cells = [format_mean_std(_pct(s["dice"])), format_mean_std(_pct(s["jaccard"])),
-             format_mean_std(s["hd95"]), format_mean_std(s["asd"])]
-    if with_mm:
-        cells += [format_mean_std(s["hd95_mm"]), format_mean_std(s["asd_mm"])]
+    cells = [format_mean_std(_shown(c, s[c])) for c, _ in summary_columns(with_mm)]
     return "| " + " | ".join([label, labeled, *cells]) + " |\n"
 
 
@@ -247,12 +225,9 @@ def table2(summary: dict[str, Any], method: str, class_names: tuple[str, ...], w
     """
     classes = sorted(summary["per_class"])
     mean = summary["mean"]
-    cols = ["Dice %", "Jaccard %", "95HD (vox)", "ASSD* (vox)"] + (["95HD (mm)", "ASSD* (mm)"] if with_mm else [])
+    cols = [header for _, header in summary_columns(with_mm)]
     cols += [f"{_class_name(c, class_names)} (Dice %)" for c in classes]
-    cells = [_mean_cell(_pct(mean["dice"])), _mean_cell(_pct(mean["jaccard"])), _mean_cell(mean["hd95"]),
-             _mean_cell(mean["asd"])]
-    if with_mm:
-        cells += [_mean_cell(mean["hd95_mm"]), _mean_cell(mean["asd_mm"])]
+    cells = [_mean_cell(_shown(c, mean[c])) for c, _ in summary_columns(with_mm)]
     cells += [_mean_cell(_pct(summary["per_class"][c]["dice"])) for c in classes]
     return ("| " + " | ".join(["method", *cols]) + " |\n|" + "---|" * (len(cols) + 1) + "\n"
             + "| " + " | ".join([method, *cells]) + " |\n")
@@ -267,10 +242,16 @@ TABLE_NOTES = (
 )
 
 
+def _has_mm(summary: dict[str, Any]) -> bool:
+    """Whether the mm columns have a value: the first distance of the table has a mean in mm."""
+    first = next((m for m in table_metrics() if m.unit == "voxels"), None)
+    return first is not None and not math.isnan(summary["mean"][f"{first.name}_mm"].mean)
+
+
 def _grid_section(summary: dict[str, Any], grid: str, method: str, labeled: str,
                   class_names: tuple[str, ...]) -> str:
     """One grid's tables: the lineage layout with per-class rows, then Table II (multi-class)."""
-    with_mm = not math.isnan(summary["mean"]["hd95_mm"].mean)
+    with_mm = _has_mm(summary)
     text = f"Scored on {GRID_TITLES.get(grid, grid)}.\n\n"
     text += table_header(with_mm) + table_line(method, labeled, summary["mean"], with_mm)
     if len(summary["per_class"]) > 1:
@@ -302,10 +283,10 @@ def _plain(summary: dict[str, Any]) -> dict[str, Any]:
 
 def _write_csv(path: Path, rows: list[Row]) -> None:
     with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(Row.__dataclass_fields__))
+        writer = csv.DictWriter(fh, fieldnames=csv_columns())
         writer.writeheader()
         for r in rows:
-            writer.writerow(asdict(r))
+            writer.writerow(r.csv_row())
 
 
 # What evaluate writes into its folder (vasseg.outfolder: the overwrite rule).

@@ -21,22 +21,11 @@ from typing import Any
 
 from vasseg.config import Experiment, load_config, to_dict
 from vasseg.data.splits import Split, read_split
+from vasseg.metrics.table import CaseRow, metric_columns
 
 log = logging.getLogger(__name__)
 
-METRIC_COLUMNS = ("dice", "jaccard", "hd95", "asd", "assd", "hd95_mm", "asd_mm", "assd_mm")
 _STEP_EVAL = re.compile(r"^(?P<split>.+)_(?P<ckpt>step_(?P<step>\d+))$")
-
-
-@dataclass(frozen=True)
-class CaseRow:
-    """One (case, class) line of ``cases.csv``."""
-
-    case: str
-    cls: int
-    values: dict[str, float]
-    status: str
-    grid: str = ""  # scoring grid (native / model) when cases.csv records it
 
 
 @dataclass
@@ -180,14 +169,16 @@ def resolve_eval_dir(run_dir: Path, name: str) -> Path | None:
 
 
 def read_cases_csv(path: Path) -> list[CaseRow]:
-    """Rows of an evaluation ``cases.csv`` (``nan`` stays NaN)."""
+    """Rows of an evaluation ``cases.csv`` (``nan`` stays NaN): every column of the metric table."""
+    columns = metric_columns()
     with path.open(newline="") as fh:
         reader = csv.DictReader(fh)
-        missing = [c for c in ("case", "cls", "status", *METRIC_COLUMNS) if c not in (reader.fieldnames or [])]
+        required = ("case", "cls", "status", *columns)  # "grid": files written before it are read too
+        missing = [c for c in required if c not in (reader.fieldnames or [])]
         if missing:
             raise ValueError(f"{path}: missing columns {', '.join(missing)}")
         return [CaseRow(case=r["case"], cls=int(r["cls"]), status=r["status"], grid=r.get("grid") or "",
-                        values={m: _float(r[m]) for m in METRIC_COLUMNS}) for r in reader]
+                        values={m: _float(r[m]) for m in columns}) for r in reader]
 
 
 def _float(text: str) -> float:

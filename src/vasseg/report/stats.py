@@ -16,12 +16,17 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
+from vasseg.metrics.table import table_metrics
 from vasseg.report.collect import Group, seed_averaged
 
 # With fewer than 6 untied pairs the smallest two-sided exact p is 2 / 2**5 = 0.0625: no result
 # could reach 0.05, so a p-value would only look like evidence.
 MIN_PAIRS = 6
-TEST_METRICS = (("dice", "Dice"), ("jaccard", "Jaccard"), ("hd95", "95HD"), ("asd", "ASSD*"))
+
+
+def tested_metrics() -> list[tuple[str, str]]:
+    """(metric, label) of every test: the metrics of the summary tables (:mod:`vasseg.metrics.table`)."""
+    return [(m.name, m.label) for m in table_metrics()]
 
 
 @dataclass(frozen=True)
@@ -113,7 +118,7 @@ def all_tests(groups: list[Group], reference: str, min_pairs: int = MIN_PAIRS) -
         ref = find_reference(g, groups, reference)
         if ref is None or ref is g:
             continue
-        out += [paired_test(g, ref, m, None, min_pairs) for m, _ in TEST_METRICS]
+        out += [paired_test(g, ref, m, None, min_pairs) for m, _ in tested_metrics()]
         if len(g.classes) > 1:
             out += [paired_test(g, ref, "dice", c, min_pairs) for c in g.classes]
     return out

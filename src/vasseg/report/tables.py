@@ -12,12 +12,11 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from vasseg.metrics import Summary, format_mean_std, summarize
+from vasseg.metrics.table import Summary, format_mean_std, is_percent, metric_of, table_metrics
 from vasseg.report.collect import Group, RunRecord, case_values, parse_eval_name
 from vasseg.report.document import Table, write_csv
-from vasseg.report.stats import MIN_PAIRS, TEST_METRICS, PairedTest, format_p
+from vasseg.report.stats import MIN_PAIRS, PairedTest, format_p, tested_metrics
 
-PERCENT = ("dice", "jaccard")
 ONE_SEED_MARK = "†"
 
 
@@ -41,8 +40,10 @@ class Cell:
 
 
 def group_cell(group: Group, metric: str, cls: int | None = None) -> Cell:
-    """Mean ± std of ``metric`` for a group (percent for Dice/Jaccard)."""
-    scale = 100.0 if metric in PERCENT else 1.0
+    """Mean ± std of ``metric`` for a group (percent for fractions such as Dice), reduced as the
+    metric table says (per seed over cases, then over seeds)."""
+    scale = 100.0 if is_percent(metric) else 1.0
+    reduce = metric_of(metric).reduce
     per_run = [list(case_values(r, metric, cls).values()) for r in group.runs]
     if cls is None and len(group.classes) > 1:
         # A case's mean over classes skips its undefined classes: count those (case, class)
@@ -51,9 +52,9 @@ def group_cell(group: Group, metric: str, cls: int | None = None) -> Cell:
     else:
         undefined = sum(sum(math.isnan(v) for v in vals) for vals in per_run)
     if len(per_run) == 1:
-        s, over = summarize(per_run[0]), "cases"
+        s, over = reduce(per_run[0]), "cases"
     else:
-        s, over = summarize([summarize(vals).mean for vals in per_run]), "seeds"
+        s, over = reduce([reduce(vals).mean for vals in per_run]), "seeds"
     return Cell(s.mean * scale, s.std * scale, s.n, undefined, over)
 
 
@@ -122,8 +123,10 @@ UNITS_NOTE = ("Units: Dice and Jaccard in %; 95HD and ASSD* in voxels (vox) and,
 
 
 def table_one_columns(with_mm: bool = True) -> list[tuple[str, str]]:
-    cols = [("dice", "Dice (%)"), ("jaccard", "Jaccard (%)"), ("hd95", "95HD (vox)"), ("asd", "ASSD* (vox)")]
-    return cols + ([("hd95_mm", "95HD (mm)"), ("asd_mm", "ASSD* (mm)")] if with_mm else [])
+    """(value column, header) of Table I: the metric table's, then the mm twins of its distances."""
+    metrics = table_metrics()
+    cols = [(m.name, f"{m.label} (%)" if m.unit == "fraction" else f"{m.label} (vox)") for m in metrics]
+    return cols + ([(f"{m.name}_mm", f"{m.label} (mm)") for m in metrics if m.unit == "voxels"] if with_mm else [])
 
 
 def table_one(groups: list[Group], tests: list[PairedTest], ctx: EvalContext, out: Path) -> Table:
@@ -190,7 +193,7 @@ def wilcoxon_table(groups: list[Group], tests: list[PairedTest], ctx: EvalContex
     classes = sorted({c for g in groups for c in g.classes})
     multi = len(classes) > 1
     header = ["Method", "Labeled", "Reference", "median ΔDice (pp)", "mean ΔDice [95% CI] (pp)",
-              *(f"p {n}" for _, n in TEST_METRICS)]
+              *(f"p {n}" for _, n in tested_metrics())]
     header += [f"p Dice {groups[0].class_name(c)}" for c in classes] if multi else []
     rows = []
     for g in groups:
@@ -200,7 +203,7 @@ def wilcoxon_table(groups: list[Group], tests: list[PairedTest], ctx: EvalContex
         dice = [t for t in mine if t.metric == "dice" and t.cls is None]
         delta = f"{dice[0].median_diff * 100:+.2f}" if dice and not math.isnan(dice[0].median_diff) else "n/a"
         ref = mine[0].reference if mine else "none"
-        cells = [_p_for(g, tests, ctx.reference, m, None) for m, _ in TEST_METRICS]
+        cells = [_p_for(g, tests, ctx.reference, m, None) for m, _ in tested_metrics()]
         cells += [_p_for(g, tests, ctx.reference, "dice", c) for c in classes] if multi else []
         rows.append([g.label, str(g.labeled), ref, delta, _mean_ci(dice[0] if dice else None), *cells])
     write_csv(out / "wilcoxon.csv", ["group", "labeled", "reference", "metric", "cls", "n_pairs", "n_untied",

@@ -37,8 +37,8 @@ reported per case through ``CaseMetrics.status``:
 * ``"both_empty"``: every metric NaN, whatever ``empty_distance`` says (nothing to segment, so
   nothing to score); callers exclude such cases from means and report how many there were.
 
-NaN never hides in a mean: :func:`summarize` skips NaN and counts it, and
-:func:`format_mean_std` prints the count next to the number. The stand-alone ``dice`` and
+NaN never hides in a mean: :func:`vasseg.metrics.table.summarize` skips NaN and counts it, and
+:func:`~vasseg.metrics.table.format_mean_std` prints the count next to the number. The stand-alone ``dice`` and
 ``jaccard`` return NaN when both masks are empty (medpy returns 1.0 there), and ``hd``, ``hd95``,
 ``asd`` and ``assd`` follow the same rule as :func:`binary_metrics` via their ``empty_distance``
 argument.
@@ -47,7 +47,7 @@ argument.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -59,17 +59,15 @@ __all__ = [
     "EMPTY_DISTANCE_RULES",
     "STATUSES",
     "CaseMetrics",
-    "Summary",
+    "MaskPair",
     "asd",
     "assd",
     "binary_metrics",
     "dice",
-    "format_mean_std",
     "hd",
     "hd95",
     "jaccard",
     "per_class_metrics",
-    "summarize",
     "surface_distances",
 ]
 
@@ -273,24 +271,60 @@ def binary_metrics(
     Returns:
         A :class:`CaseMetrics`; distances in voxels or the unit of ``spacing``.
     """
-    pred_mask, ref_mask = check_pair(pred, ref)
-    sampling = check_spacing(spacing, pred_mask.ndim)
-    status = _status(pred_mask, ref_mask)
-    if status != "ok":
-        distance = _empty_distance_value(pred_mask.shape, sampling, status, empty_distance)
-        overlap = NAN if status == "both_empty" else 0.0
-        return CaseMetrics(overlap, overlap, distance, distance, distance, status)
-    # Validate even when unused so that a typo fails on the first case, not the first empty one.
-    _check_empty_distance(empty_distance)
-    to_ref, to_pred = surface_distances(pred_mask, ref_mask, sampling)
-    return CaseMetrics(
-        dice=dice(pred_mask, ref_mask),
-        jaccard=jaccard(pred_mask, ref_mask),
-        hd95=_hd95(to_ref, to_pred),
-        asd=float(to_ref.mean()),
-        assd=_assd(to_ref, to_pred),
-        status="ok",
-    )
+    pair = MaskPair(pred, ref, spacing, empty_distance)
+    return CaseMetrics(pair_dice(pair), pair_jaccard(pair), pair_hd95(pair), pair_asd(pair), pair_assd(pair),
+                       pair.status)
+
+
+class MaskPair:
+    """One binary pair as every metric sees it: validated masks ``pred`` and ``ref`` (bool, one
+    shape), ``spacing`` (None: voxel units), the empty-mask ``status`` and, computed once when a
+    metric first asks, the directed surface distances."""
+
+    def __init__(self, pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float] | None = None,
+                 empty_distance: EmptyDistance = "nan") -> None:
+        self.pred, self.ref = check_pair(pred, ref)
+        self.spacing = check_spacing(spacing, self.pred.ndim)
+        # Validated even when unused so that a typo fails on the first case, not the first empty one.
+        _check_empty_distance(empty_distance)
+        self.empty_distance = empty_distance
+        self.status: Status = _status(self.pred, self.ref)
+        self._distances: tuple[np.ndarray, np.ndarray] | None = None
+
+    @property
+    def distances(self) -> tuple[np.ndarray, np.ndarray]:
+        """Surface distances pred -> ref and ref -> pred (both masks non-empty)."""
+        if self._distances is None:
+            self._distances = surface_distances(self.pred, self.ref, self.spacing)
+        return self._distances
+
+    def distance(self, fn: Callable[[np.ndarray, np.ndarray], float]) -> float:
+        """``fn(pred -> ref, ref -> pred)`` of the surface distances; the empty-mask rule's value
+        (module docstring) when a mask is empty."""
+        if self.status != "ok":
+            return _empty_distance_value(self.pred.shape, self.spacing, self.status, self.empty_distance)
+        return fn(*self.distances)
+
+
+# The built-in metrics of the table (vasseg.metrics.table) as functions of a pair.
+def pair_dice(pair: MaskPair) -> float:
+    return dice(pair.pred, pair.ref)
+
+
+def pair_jaccard(pair: MaskPair) -> float:
+    return jaccard(pair.pred, pair.ref)
+
+
+def pair_hd95(pair: MaskPair) -> float:
+    return pair.distance(_hd95)
+
+
+def pair_asd(pair: MaskPair) -> float:
+    return pair.distance(lambda to_ref, _: float(to_ref.mean()))
+
+
+def pair_assd(pair: MaskPair) -> float:
+    return pair.distance(_assd)
 
 
 def per_class_metrics(
@@ -311,6 +345,15 @@ def per_class_metrics(
     Returns:
         ``{class_id: CaseMetrics}`` in the order of ``classes``.
     """
+    pred_arr, ref_arr = check_label_maps(pred_labels, ref_labels)
+    return {
+        int(c): binary_metrics(pred_arr == c, ref_arr == c, spacing, empty_distance)
+        for c in classes
+    }
+
+
+def check_label_maps(pred_labels: np.ndarray, ref_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Two integer (or bool) label maps of one shape, as arrays; ValueError naming the bad one."""
     pred_arr, ref_arr = np.asarray(pred_labels), np.asarray(ref_labels)
     for name, arr in (("pred_labels", pred_arr), ("ref_labels", ref_arr)):
         if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_):
@@ -320,46 +363,4 @@ def per_class_metrics(
             f"pred_labels and ref_labels must have the same shape, got pred_labels "
             f"{pred_arr.shape} and ref_labels {ref_arr.shape}"
         )
-    return {
-        int(c): binary_metrics(pred_arr == c, ref_arr == c, spacing, empty_distance)
-        for c in classes
-    }
-
-
-# --------------------------------------------------------------------------- summaries
-
-
-@dataclass(frozen=True)
-class Summary:
-    """Mean and standard deviation of the non-NaN values; ``n`` used, ``n_nan`` skipped."""
-
-    mean: float
-    std: float
-    n: int
-    n_nan: int
-
-
-def summarize(values: Sequence[float]) -> Summary:
-    """Mean ± std over cases or seeds, skipping NaN (e.g. undefined distances) and counting it.
-
-    ``std`` is the sample standard deviation (ddof=1) when at least two values remain, 0.0 for a
-    single value (ddof=1 would be undefined), NaN for none; ``mean`` is NaN when none remain.
-    """
-    arr = np.asarray(values, dtype=np.float64).ravel()
-    missing = np.isnan(arr)
-    kept = arr[~missing]
-    n = int(kept.size)
-    if n == 0:
-        return Summary(NAN, NAN, 0, int(missing.sum()))
-    std = float(kept.std(ddof=1)) if n > 1 else 0.0
-    return Summary(float(kept.mean()), std, n, int(missing.sum()))
-
-
-def format_mean_std(summary: Summary, digits: int = 2) -> str:
-    """``"88.42 ± 2.31"``; ``"n/a"`` when no value is defined; ``" (k n/a)"`` added for k NaN."""
-    if summary.n == 0:
-        return "n/a"
-    text = f"{summary.mean:.{digits}f} ± {summary.std:.{digits}f}"
-    if summary.n_nan:
-        text += f" ({summary.n_nan} n/a)"
-    return text
+    return pred_arr, ref_arr
