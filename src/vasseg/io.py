@@ -210,10 +210,9 @@ def read_h5(path: Path | str, num_classes: int | None = None) -> tuple[np.ndarra
     ``0..num_classes-1``; without: an image to predict, whose label is optional (ids >= 0).
     Returns the image float32 ``(X, Y, Z)`` and the label ``(X, Y, Z)`` uint8 (int64 past 255) or None.
 
-    Raises:
-        ImageIOError: one line starting with the path: missing or corrupt file, missing key, an
-            entry that is not a dataset, a shape the file or memory cannot hold, not 3-D, an empty
-            axis, non-finite intensities, mismatched shapes, a bad dtype or label value.
+    Raises ImageIOError, one line starting with the path: a missing or corrupt file or key, an entry
+    that is not a dataset, a shape the file or memory cannot hold, not 3-D, an empty axis, non-finite
+    intensities, mismatched shapes, a bad dtype or label value.
     """
     path, words = Path(path), _IMAGE_WORDS if num_classes is None else _CASE_WORDS
     if not path.is_file():
