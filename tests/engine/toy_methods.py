@@ -77,7 +77,7 @@ class ToyGan(Method):
         return {"loss": loss, "loss_sup": sup.detach(), "loss_adv": adv.detach(),
                 HANDOFF: (probs[:n_l].detach(), probs[n_l:].detach())}
 
-    def discriminator_step(self, batch: Batch, step: int, handoff: tuple[Tensor, Tensor] | None = None,
+    def discriminator_step(self, batch: Batch, step: int, handoff: tuple[Tensor, Tensor] | None = None
                            ) -> dict[str, Tensor]:
         assert handoff is not None
         real, fake = handoff
