@@ -15,11 +15,12 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "vasseg"
 # Package (or top-level module) -> the vasseg packages it must not import, at run time or under
 # TYPE_CHECKING alike.
 FORBIDDEN: dict[str, tuple[str, ...]] = {
+    "errors": ("*",),
     "registry": ("*",),
-    "typed": ("*",),
+    "typed": ("*", "!errors"),
     "identity": ("*",),
     "config": ("*", "!typed", "!registry", "!identity"),
-    "outfolder": ("*", "!atomic", "!typed"),
+    "outfolder": ("*", "!atomic", "!typed", "!errors"),
     "data": ("models", "methods", "engine", "report", "export", "api", "demo", "cli"),
     "models": ("data", "methods", "engine", "report", "export", "api", "demo", "cli"),
     "methods": ("engine", "report", "export", "api", "demo", "cli"),

@@ -31,6 +31,7 @@ from vasseg.engine.predict import label_ids, model_probs, preprocess, preprocess
 from vasseg.engine.windows import PREDICT_DEFAULT, Windows, describe_inference
 from vasseg.io import Volume, read_volume
 from vasseg.methods.base import Method
+from vasseg.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -136,12 +137,12 @@ def array_volume(x: ArrayLike, spacing: tuple[float, ...]) -> Volume:
     elif array.ndim == 4 and array.shape[3] == 1:
         array = array[..., 0]  # (X, Y, Z, 1), as a one-volume 4-D NIfTI holds it
     if 0 in array.shape:
-        raise ValueError(f"image: empty array (shape {array.shape})")
+        raise DataError(f"image: empty array (shape {array.shape})")
     if array.ndim != 3:
-        raise ValueError(f"image: expected a 3-D array (X, Y, Z), (1, X, Y, Z) or (X, Y, Z, 1), got shape "
+        raise DataError(f"image: expected a 3-D array (X, Y, Z), (1, X, Y, Z) or (X, Y, Z, 1), got shape "
                          f"{array.shape}")
     if array.dtype.kind not in "biuf" or not np.isfinite(array).all():
-        raise ValueError("image: expected finite real values")
+        raise DataError("image: expected finite real values")
     triple = (float(spacing[0]), float(spacing[1]), float(spacing[2]))
     return Volume(image=array.astype(np.float32), affine=np.diag([*triple, 1.0]), spacing=triple,
                   label=None, header=None, source=Path("<array>"))

@@ -1,7 +1,9 @@
 """Command line: ``vasseg demo | train | evaluate | predict | export | methods``.
 
-Errors at the boundary (bad config, missing file, bad data, unsafe checkpoint) print one line
-naming the problem and exit with status 2; ``--debug`` shows the traceback instead.
+Errors at the boundary (bad config, missing file, bad data, unsafe checkpoint: a
+:class:`vasseg.errors.VassegError`, or an OS error naming a path) print one line naming the problem
+and exit with status 2; ``--debug`` shows the traceback instead. Any other exception is a bug: its
+traceback and a line asking for a report, exit status 70.
 """
 
 from __future__ import annotations
@@ -215,9 +217,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from vasseg.demo import run_demo, write_phantoms
+    from vasseg.errors import ConfigError
 
     if args.data_only is None and (args.shape or args.cases):
-        raise ValueError("--shape and --cases go with --data-only DIR")
+        raise ConfigError("--shape and --cases go with --data-only DIR")
     if args.data_only is not None:
         print(write_phantoms(args.data_only, args.shape, args.cases), end="")
         return 0
@@ -242,18 +245,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
-def user_errors() -> tuple[type[BaseException], ...]:
-    """Exception types that are the user's input problems: one line, no traceback."""
-    from vasseg.config import ConfigError
-    from vasseg.data.volumes import DataError
-    from vasseg.engine.checkpoint import CheckpointError
-    from vasseg.engine.trainer import TrainingStopped
-
-    # OSError covers the environment's failures too (disk full, quota, read-only file system):
-    # the message names the path, a traceback would add nothing for the user. vasseg.io's
-    # ImageIOError is a ValueError; importing it here would import nibabel, and a machine without
-    # nibabel (a bare GPU host) would turn every user error into an ImportError.
-    return (ConfigError, DataError, CheckpointError, TrainingStopped, OSError, ValueError)
+BUG_EXIT = 70  # EX_SOFTWARE: an internal error (sysexits.h)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -272,11 +264,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _interrupted() as exc:  # SIGTERM/SIGINT during training: checkpoint saved
         print(f"vasseg {args.command}: {_one_line(exc)}", file=sys.stderr)
         return 130
-    except user_errors() as exc:
-        if args.debug:
-            raise
+    except Exception as exc:  # noqa: BLE001 - sorted into the user's errors and bugs
+        return _failure(args, exc)
+
+
+def _failure(args: argparse.Namespace, exc: Exception) -> int:
+    """A user error (:func:`vasseg.errors.is_user_error`): one line, exit 2. Anything else is a bug:
+    the traceback and a line asking for a report, exit :data:`BUG_EXIT` (``--debug``: re-raised)."""
+    import traceback
+
+    from vasseg.errors import BUG_REPORT, is_user_error
+
+    if args.debug or _out_of_memory(exc):
+        raise exc  # out of memory: the machine's limit, not a bug; its traceback as before
+    if is_user_error(exc):
         print(f"vasseg {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    traceback.print_exception(exc, file=sys.stderr)
+    print(f"vasseg {args.command}: {BUG_REPORT}", file=sys.stderr)
+    return BUG_EXIT
+
+
+def _out_of_memory(exc: Exception) -> bool:
+    return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"  # torch's, without torch
 
 
 def _interrupted() -> type[BaseException]:

@@ -87,13 +87,13 @@ def check_output(path: str | Path, dtype: str, overwrite: bool = True) -> Path:
     """Refuse a bad model-file path or dtype before any work; returns the path."""
     path = Path(path).expanduser()
     if dtype not in DTYPES:
-        raise ValueError(f"--dtype {dtype!r}: choose {', '.join(DTYPES)}")
+        raise ConfigError(f"--dtype {dtype!r}: choose {', '.join(DTYPES)}")
     if path.suffix != SUFFIX:
-        raise ValueError(f"{path}: a model file must end in {SUFFIX}")
+        raise ConfigError(f"{path}: a model file must end in {SUFFIX}")
     if not path.parent.is_dir():
-        raise ValueError(f"{path}: output directory {path.parent} does not exist")
+        raise ConfigError(f"{path}: output directory {path.parent} does not exist")
     if path.exists() and not overwrite:
-        raise ValueError(f"{path}: already exists; pass --overwrite to replace")
+        raise ConfigError(f"{path}: already exists; pass --overwrite to replace")
     return path
 
 

@@ -35,6 +35,7 @@ from nibabel.imageglobals import logger as nibabel_logger
 from nibabel.spatialimages import HeaderDataError, ImageDataError
 
 from vasseg.atomic import fsync_dir, fsync_file
+from vasseg.errors import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ _LIBRARY_ERRORS = (OSError, EOFError, ValueError, KeyError, TypeError, RuntimeEr
 _SCANNER_CODE = 1
 
 
-class ImageIOError(ValueError):
+class ImageIOError(DataError):
     """A file could not be read or written; the message is one line starting with the path."""
 
 

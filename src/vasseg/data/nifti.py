@@ -31,6 +31,7 @@ import numpy as np
 from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
 
 from vasseg.data.volumes import DataError
+from vasseg.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -322,7 +323,7 @@ def write_synthetic_ct_dataset(root: str | Path, n: int, shape: tuple[int, int, 
     and y (LPS, with the affine saying so), so the anatomy is the same in world coordinates.
     """
     if layout not in ("btcv", "msd"):
-        raise ValueError(f"layout must be btcv or msd, got {layout!r}")
+        raise ConfigError(f"layout must be btcv or msd, got {layout!r}")
     root = Path(root)
     entries = []
     for i in range(1, n + 1):

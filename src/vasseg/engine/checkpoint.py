@@ -26,15 +26,12 @@ import torch
 
 from vasseg.atomic import atomic_write_bytes
 from vasseg.config import ConfigError, build_experiment
+from vasseg.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
 LATEST = "latest"
 STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint cannot be written, found or trusted; the message names the file."""
 
 
 def serialize(state: dict[str, Any]) -> bytes:

@@ -38,6 +38,7 @@ from vasseg.engine.windows import EVALUATE_DEFAULT, Windows, infer_probs
 from vasseg.methods.base import Method
 from vasseg.metrics import CaseMetrics, Summary, format_mean_std, per_class_metrics, summarize
 from vasseg.outfolder import Owner
+from vasseg.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ def on_grid(probs: torch.Tensor, case: Case, exp: Experiment,
             pred = resized_argmax(probs, ref.shape).cpu().numpy()
             return pred, ref, tuple(case.native_spacing or case.spacing)
     if case.label is None:
-        raise ValueError(f"{case.where}: no label to evaluate against")
+        raise DataError(f"{case.where}: no label to evaluate against")
     return probs.argmax(0).to(torch.uint8).cpu().numpy(), case.label.cpu().numpy(), tuple(case.spacing)
 
 
@@ -122,7 +123,7 @@ def reference_of(case: Case, exp: Experiment) -> tuple[np.ndarray, tuple[float, 
         if ref is not None:
             return ref, tuple(case.native_spacing or case.spacing)
     if case.label is None:
-        raise ValueError(f"{case.where}: no label to evaluate against")
+        raise DataError(f"{case.where}: no label to evaluate against")
     return case.label.cpu().numpy(), tuple(case.spacing)
 
 

@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from vasseg.atomic import atomic_write_bytes
 from vasseg.engine.windows import Windows
+from vasseg.errors import ConfigError, VassegError, is_user_error
 from vasseg.io import (
     HDF5_SUFFIXES,
     NIFTI_SUFFIXES,
@@ -56,15 +57,12 @@ IMAGE_SUFFIXES = NIFTI_SUFFIXES + HDF5_SUFFIXES
 # Extensions that make an output name a file, not a folder (a typo'd label map would become one).
 FILE_SUFFIXES = frozenset({".txt", ".gz", ".h5", ".hdf5", ".npz", ".npy", ".nrrd", ".mha", ".mhd", ".mgz", ".png",
                            ".jpg", ".csv", ".json", ".yaml", ".yml", ".zip", ".pt", ".safetensors", ".dcm"})
-# A case's own failure: bad file or geometry (ValueError covers ImageIOError and DataError),
-# a write error, a volume too large for the device. Anything else is a bug and stops the command.
-CASE_ERRORS = (ValueError, OSError, torch.OutOfMemoryError)
 # An output folder: its label maps and probabilities (vasseg.outfolder: the overwrite rule). A folder
 # of NIfTI files without predict's marker is never taken for predict's output: it may hold scans.
 PREDICT_OUTPUT = Owner("predict", ("*.nii.gz", "*.nii", "*.npz"), legacy=False)
 
 
-class PredictionFailed(ValueError):
+class PredictionFailed(VassegError, ValueError):
     """Some cases could not be segmented (the others were written); one line listing them."""
 
 
@@ -265,7 +263,7 @@ class Geometry:
 def make_geometry(options: PredictOptions, jobs: list[Job]) -> Geometry:
     """Validate ``--reference`` / ``--spacing`` (before the model is loaded)."""
     if options.reference and options.spacing:
-        raise ValueError("--reference and --spacing: give one of them")
+        raise ConfigError("--reference and --spacing: give one of them")
     reference = Path(options.reference).expanduser() if options.reference else None
     if reference is not None and not reference.exists():
         raise ImageIOError(f"{reference}: reference image not found")
@@ -353,18 +351,26 @@ def run_jobs(model: Model, jobs: list[Job], geometry: Geometry, options: Predict
                 pred = model.predict_volume(volume, options.save_probabilities, options.tta, image)
                 del image
                 writes.append((job, writer.submit(write_job, job, volume, pred, model)))
-            except CASE_ERRORS as exc:
+            except Exception as exc:  # noqa: BLE001 - a bug is re-raised by _failed
                 _failed(result, job, exc, len(jobs))
         for job, future in writes:
             try:
                 future.result()
                 result.written.append(job.labels)
-            except CASE_ERRORS as exc:
+            except Exception as exc:  # noqa: BLE001 - a bug is re-raised by _failed
                 _failed(result, job, exc, len(jobs))
     return result
 
 
-def _failed(result: PredictResult, job: Job, exc: BaseException, total: int) -> None:
+def is_case_error(exc: BaseException) -> bool:
+    """A case's own failure (bad file or geometry, a write error, a volume too large for the device):
+    the case is skipped. Anything else is a bug in vasseg and stops the command."""
+    return is_user_error(exc) or isinstance(exc, torch.OutOfMemoryError)
+
+
+def _failed(result: PredictResult, job: Job, exc: Exception, total: int) -> None:
+    if not is_case_error(exc):
+        raise exc
     if total > 1:
         log.error("%s", _reason(job.source, exc))
     result.failed.append((job.source, exc))

@@ -182,14 +182,14 @@ def split_ids(exp: Experiment, run_dir: Path, split: str) -> tuple[list[str], st
         recorded = read_split(run_dir / "split.yaml")
         ids = list(getattr(recorded, split))
         if not ids:
-            raise ValueError(f"{run_dir / 'split.yaml'}: the run has no {split} cases")
+            raise DataError(f"{run_dir / 'split.yaml'}: the run has no {split} cases")
         return ids, f"{run_dir / 'split.yaml'} ({split})"
     path = Path(split)
     if path.is_file():
         return read_id_list(path), str(path)
     if path.suffix or len(path.parts) > 1:
         raise DataError(f"{path}: id-list file not found")
-    raise ValueError(f"split {split!r}: choose val, test, labeled, unlabeled or an id-list file")
+    raise ConfigError(f"split {split!r}: choose val, test, labeled, unlabeled or an id-list file")
 
 
 def evaluate_run(target: str | Path, split: str = "val", checkpoint: str = "last",

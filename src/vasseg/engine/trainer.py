@@ -50,6 +50,7 @@ from vasseg.engine.precision import prepare_cpu_bf16
 from vasseg.engine.scalars import NonFiniteError, ScalarLog, detached
 from vasseg.engine.setup import autocast_dtype, use_channels_last
 from vasseg.engine.stopping import StopRequest
+from vasseg.errors import ConfigError, VassegError
 from vasseg.methods.base import Method
 from vasseg.methods.phases import PhaseAt, check_phases, locate
 
@@ -67,7 +68,7 @@ def register_step_end(hook: StepEndHook) -> StepEndHook:
     return hook
 
 
-class TrainingStopped(RuntimeError):
+class TrainingStopped(VassegError, RuntimeError):
     """Training cannot go on (non-finite values); the message says where and what to resume."""
 
 
@@ -96,7 +97,7 @@ class Trainer:
         check_phases(self.phases, exp.train.iterations, method.name)
         if world_size > 1 and exp.train.sync_bn:
             if device.type != "cuda":
-                raise ValueError("train.sync_bn: SyncBatchNorm needs CUDA devices (PyTorch has no CPU version)")
+                raise ConfigError("train.sync_bn: SyncBatchNorm needs CUDA devices (PyTorch has no CPU version)")
             distributed.convert_sync_bn(self.method)
         self.main_params = self.method.main_parameters()
         self.optimizers = self._build_optimizers()

@@ -39,6 +39,7 @@ from vasseg.engine.inference import (
     sliding_window_probs,
 )
 from vasseg.engine.precision import describe_precision, with_precision
+from vasseg.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +69,11 @@ class Windows:
 
     def __post_init__(self) -> None:
         if self.mode not in ("stride", "overlap", "whole"):
-            raise ValueError(f"window mode {self.mode!r}: choose stride, overlap or whole")
+            raise ConfigError(f"window mode {self.mode!r}: choose stride, overlap or whole")
         if not 0.0 <= self.overlap < 1.0:
-            raise ValueError(f"--overlap {self.overlap:g}: must lie in [0, 1)")
+            raise ConfigError(f"--overlap {self.overlap:g}: must lie in [0, 1)")
         if self.stride is not None and (len(self.stride) != 3 or any(int(s) < 1 for s in self.stride)):
-            raise ValueError(f"--stride {tuple(self.stride)}: must be three positive integers")
+            raise ConfigError(f"--stride {tuple(self.stride)}: must be three positive integers")
 
     def describe(self, default_stride: Triple) -> str:
         """One phrase for logs and reports, e.g. ``overlap 0.5, Gaussian weighting``."""
@@ -101,7 +102,7 @@ def windows_from_options(window: str | None, stride: Triple | None, overlap: flo
                          default: Windows) -> Windows:
     """The windows of the CLI flags ``--window``, ``--stride``, ``--overlap`` (None: not given)."""
     if stride is not None and overlap is not None:
-        raise ValueError("--stride and --overlap: give one of them")
+        raise ConfigError("--stride and --overlap: give one of them")
     stride_t = tuple(int(s) for s in stride) if stride is not None else None
     frac = 0.5 if overlap is None else float(overlap)
     if window == "whole":
@@ -113,7 +114,7 @@ def windows_from_options(window: str | None, stride: Triple | None, overlap: flo
     if window == "sliding":
         return default if default.mode != "whole" else Windows("overlap", overlap=frac)
     if window is not None:
-        raise ValueError(f"--window {window!r}: choose sliding or whole")
+        raise ConfigError(f"--window {window!r}: choose sliding or whole")
     return default
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from vasseg.config import Experiment, load_config, to_dict
 from vasseg.data.splits import Split, read_split
+from vasseg.errors import ConfigError, DataError, PathNotFound
 
 log = logging.getLogger(__name__)
 
@@ -130,13 +131,13 @@ def find_run_dirs(paths: list[str | Path]) -> list[Path]:
     for raw in paths:
         path = Path(raw).expanduser().resolve()
         if not path.is_dir():
-            raise FileNotFoundError(f"{path}: no such run folder")
+            raise PathNotFound(f"{path}: no such run folder")
         if _is_run(path):
             found.append(path)
             continue
         below = sorted(p.parent for p in path.rglob("config.yaml") if _is_run(p.parent))
         if not below:
-            raise FileNotFoundError(f"{path}: no run folder (config.yaml + split.yaml) in or under it")
+            raise PathNotFound(f"{path}: no run folder (config.yaml + split.yaml) in or under it")
         found += below
     return sorted(dict.fromkeys(found))
 
@@ -152,7 +153,7 @@ def parse_eval_name(name: str) -> tuple[str, str]:
         return match["split"], match["ckpt"]
     split, _, ckpt = name.rpartition("_")
     if not split:
-        raise ValueError(f"--eval {name!r}: expected <split>_<checkpoint>, e.g. val_last or test_step_006000")
+        raise ConfigError(f"--eval {name!r}: expected <split>_<checkpoint>, e.g. val_last or test_step_006000")
     return split, ckpt
 
 
@@ -185,7 +186,7 @@ def read_cases_csv(path: Path) -> list[CaseRow]:
         reader = csv.DictReader(fh)
         missing = [c for c in ("case", "cls", "status", *METRIC_COLUMNS) if c not in (reader.fieldnames or [])]
         if missing:
-            raise ValueError(f"{path}: missing columns {', '.join(missing)}")
+            raise DataError(f"{path}: missing columns {', '.join(missing)}")
         return [CaseRow(case=r["case"], cls=int(r["cls"]), status=r["status"], grid=r.get("grid") or "",
                         values={m: _float(r[m]) for m in METRIC_COLUMNS}) for r in reader]
 
@@ -204,7 +205,7 @@ def read_scalars(run_dir: Path) -> list[dict[str, Any]]:
         try:
             text = gzip.decompress(packed.read_bytes()).decode()
         except (OSError, EOFError, UnicodeDecodeError) as exc:
-            raise ValueError(f"{packed}: unreadable ({exc})") from None
+            raise DataError(f"{packed}: unreadable ({exc})") from None
     else:
         return []
     return [json.loads(line) for line in text.splitlines() if line.strip()]
@@ -228,7 +229,7 @@ def load_record(run_dir: Path, eval_name: str, grid: str = "") -> RunRecord:
         record.rows = read_cases_csv(cases_file(record.eval_dir, grid))
         found = {row.grid for row in record.rows} - {""}
         if grid and found and found != {grid}:
-            raise ValueError(f"{record.eval_dir}: no rows scored on the {grid} grid (have {', '.join(sorted(found))})")
+            raise DataError(f"{record.eval_dir}: no rows scored on the {grid} grid (have {', '.join(sorted(found))})")
     return record
 
 

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vasseg.engine.trainer import Trainer, register_step_end
+from vasseg.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def parse_layer(spec: str) -> tuple[str, int]:
     """``"decoder:3"`` -> ``("decoder", 3)``; ValueError naming the valid choices."""
     match = re.fullmatch(r"(encoder|decoder):(\d)", spec.strip())
     if not match or int(match[2]) >= LAYER_COUNTS[match[1]]:
-        raise ValueError(f"--layer {spec!r}: choose encoder:0..4 or decoder:0..3")
+        raise ConfigError(f"--layer {spec!r}: choose encoder:0..4 or decoder:0..3")
     return match[1], int(match[2])
 
 
@@ -143,7 +144,7 @@ def collect_features(network: nn.Module, labeled: list[Any], unlabeled: list[Any
             feats, cls, predicted = case_features(network, image, label, part, per_class, rng, device)
             chunks.append((feats, cls, stream, case.id, predicted))
     if not chunks:
-        raise ValueError("no volumes to sample features from")
+        raise DataError("no volumes to sample features from")
     sample = FeatureSample(
         features=np.concatenate([c[0] for c in chunks]),
         cls=np.concatenate([c[1] for c in chunks]),

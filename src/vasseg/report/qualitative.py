@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from vasseg.report.collect import Group, RunRecord, run_checkpoint
 from vasseg.report.style import GT_COLOR, class_color, figure, save
+from vasseg.errors import PathNotFound
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ def checkpoint_target(run: RunRecord) -> tuple[Path, str]:
         return run.run_dir, checkpoint
     path = run.run_dir / "checkpoints" / f"{checkpoint}.pt"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: the checkpoint the evaluation used is gone (pruned?)")
+        raise PathNotFound(f"{path}: the checkpoint the evaluation used is gone (pruned?)")
     return path, "last"
 
 
