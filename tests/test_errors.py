@@ -94,7 +94,7 @@ def test_a_bug_in_the_predictor_is_not_shown_as_a_user_error(trained: Path, imag
 def test_a_bug_stops_predict_instead_of_skipping_the_case(trained: Path, image: Path, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     from vasseg.api import load_model
-    from vasseg.engine.predict_cases import PredictOptions, predict_paths
+    from vasseg.inference.predict import PredictOptions, predict_paths
 
     scans = tmp_path / "scans"
     scans.mkdir()
@@ -108,7 +108,7 @@ def test_a_bug_stops_predict_instead_of_skipping_the_case(trained: Path, image: 
 
 def test_a_bad_case_is_still_skipped(trained: Path, image: Path, tmp_path: Path) -> None:
     from vasseg.api import load_model
-    from vasseg.engine.predict_cases import PredictOptions, predict_paths
+    from vasseg.inference.predict import PredictOptions, predict_paths
 
     scans = tmp_path / "scans"
     scans.mkdir()

@@ -23,7 +23,7 @@ CHECKPOINT_HELP = "for a run folder: last (default) or best (validation-selected
 
 
 def _add_inference(p: argparse.ArgumentParser, precision: str, windows: str) -> None:
-    """--precision, --window, --stride, --overlap (see vasseg.engine.windows); defaults named in the help."""
+    """--precision, --window, --stride, --overlap (see vasseg.inferer.windows); defaults named in the help."""
     p.add_argument("--precision", default=precision, choices=("auto", "fp32", "bf16"),
                    help=f"compute precision; auto: bf16 on CUDA and on CPUs with bf16 instructions, else fp32 "
                         f"(default: {precision})")
@@ -38,7 +38,7 @@ def _add_inference(p: argparse.ArgumentParser, precision: str, windows: str) -> 
 
 def _inference_args(args: argparse.Namespace, command: str) -> dict[str, object]:
     """``precision`` and ``windows`` keywords from the flags of :func:`_add_inference`."""
-    from vasseg.engine.windows import EVALUATE_DEFAULT, PREDICT_DEFAULT, windows_from_options
+    from vasseg.inferer.windows import EVALUATE_DEFAULT, PREDICT_DEFAULT, windows_from_options
 
     default = PREDICT_DEFAULT if command == "predict" else EVALUATE_DEFAULT
     return {"precision": args.precision,
@@ -138,7 +138,7 @@ PLUGIN_COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("vasseg.data.prepare_cli",
                 "prepare a NIfTI dataset (BTCV, MSD or plain image/label pairs) for training"),
     "report": ("vasseg.report.cli", "tables and figures (markdown + HTML + PNG) from run folders"),
-    "sweep": ("vasseg.engine.sweep_cli", "train configs x seeds x overrides, several runs at once, with a summary"),
+    "sweep": ("vasseg.sweep.cli", "train configs x seeds x overrides, several runs at once, with a summary"),
 }
 
 
@@ -182,7 +182,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from vasseg.engine.run import evaluate_run
+    from vasseg.inference.evaluate import evaluate_run
 
     out_dir, table = evaluate_run(args.run, args.split, args.checkpoint, args.data_root, args.device,
                                   args.out, progress=not args.quiet, overwrite=args.overwrite,
@@ -193,7 +193,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from vasseg.engine.predict_cases import PredictionFailed, PredictOptions, predict_paths
+    from vasseg.inference.predict import PredictionFailed, PredictOptions, predict_paths
 
     options = PredictOptions(
         checkpoint=args.checkpoint, device=args.device, save_probabilities=args.save_probabilities, tta=args.tta,
@@ -209,7 +209,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from vasseg.export import export_run
+    from vasseg.inference.export import export_run
 
     print(export_run(args.run, args.output, args.checkpoint, args.dtype, args.overwrite))
     return 0

@@ -21,6 +21,7 @@ from typing import Any
 
 from vasseg.config import Experiment, load_config, to_dict
 from vasseg.data.splits import Split, read_split
+from vasseg.rundir import CONFIG, RunDir
 from vasseg.errors import ConfigError, DataError, PathNotFound
 
 log = logging.getLogger(__name__)
@@ -135,7 +136,7 @@ def find_run_dirs(paths: list[str | Path]) -> list[Path]:
         if _is_run(path):
             found.append(path)
             continue
-        below = sorted(p.parent for p in path.rglob("config.yaml") if _is_run(p.parent))
+        below = sorted(p.parent for p in path.rglob(CONFIG) if _is_run(p.parent))
         if not below:
             raise PathNotFound(f"{path}: no run folder (config.yaml + split.yaml) in or under it")
         found += below
@@ -143,7 +144,7 @@ def find_run_dirs(paths: list[str | Path]) -> list[Path]:
 
 
 def _is_run(path: Path) -> bool:
-    return (path / "config.yaml").is_file() and (path / "split.yaml").is_file()
+    return RunDir(path).is_run()
 
 
 def parse_eval_name(name: str) -> tuple[str, str]:
@@ -163,14 +164,14 @@ def resolve_eval_dir(run_dir: Path, name: str) -> Path | None:
     ``vasseg evaluate --checkpoint last`` names its folder after the checkpoint file the ``latest``
     pointer resolved to, so "last" on disk is a step folder.
     """
-    exact = run_dir / "eval" / name
+    exact = RunDir(run_dir).eval_dir(name)
     if (exact / "cases.csv").is_file():
         return exact
     split, ckpt = parse_eval_name(name)
     if ckpt != "last":
         return None
     steps = []
-    for folder in (run_dir / "eval").glob(f"{split}_step_*"):
+    for folder in RunDir(run_dir).eval_dirs(f"{split}_step_*"):
         match = _STEP_EVAL.match(folder.name)
         if match and match["split"] == split and (folder / "cases.csv").is_file():
             steps.append((int(match["step"]), folder))
@@ -198,10 +199,10 @@ def _float(text: str) -> float:
 def read_scalars(run_dir: Path) -> list[dict[str, Any]]:
     """The rows of ``scalars.jsonl``, or of ``scalars.jsonl.gz`` (how committed run folders keep
     it: benchmarks/compress_scalars.py), empty when the run logged none."""
-    path = run_dir / "scalars.jsonl"
-    if path.is_file():
-        text = path.read_text()
-    elif (packed := path.with_suffix(".jsonl.gz")).is_file():
+    run = RunDir(run_dir)
+    if run.scalars.is_file():
+        text = run.scalars.read_text()
+    elif (packed := run.packed_scalars).is_file():
         try:
             text = gzip.decompress(packed.read_bytes()).decode()
         except (OSError, EOFError, UnicodeDecodeError) as exc:
@@ -222,8 +223,8 @@ def cases_file(eval_dir: Path, grid: str = "") -> Path:
 
 def load_record(run_dir: Path, eval_name: str, grid: str = "") -> RunRecord:
     """Config, split and (when present) the evaluation rows of one run folder."""
-    record = RunRecord(run_dir=run_dir, exp=load_config(run_dir / "config.yaml"),
-                       split=read_split(run_dir / "split.yaml"))
+    run = RunDir(run_dir)
+    record = RunRecord(run_dir=run_dir, exp=load_config(run.config), split=read_split(run.split))
     record.eval_dir = resolve_eval_dir(run_dir, eval_name)
     if record.eval_dir is not None:
         record.rows = read_cases_csv(cases_file(record.eval_dir, grid))

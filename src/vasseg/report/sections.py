@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from vasseg.report.collect import Group, RunRecord, run_checkpoint, seed_averaged
+from vasseg.rundir import RunDir
 from vasseg.report.document import Block, Figure, Heading, Paragraph, Table, write_csv
 from vasseg.report.features import DEFAULT_LAYER, MAX_CASES, MAX_POINTS, PER_CLASS
 from vasseg.errors import ConfigError
@@ -277,7 +278,7 @@ def snapshots_section(ctx: Context) -> list[Block]:
     kind = embedding_name(ctx.options.embedding)
     rows, samples = [], []
     for g in ctx.groups:
-        with_snaps = [r for r in g.runs if any((r.run_dir / "features").glob("step_*.npz"))]
+        with_snaps = [r for r in g.runs if any(RunDir(r.run_dir).features.glob("step_*.npz"))]
         run = g.representative if g.representative in with_snaps else (with_snaps or [None])[0]
         snaps = load_snapshots(run.run_dir) if run is not None else []
         if snaps:

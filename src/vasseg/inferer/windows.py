@@ -4,7 +4,7 @@ overlap, or the whole volume at once.
 Modes (:class:`Windows`):
 
 - ``stride``: the lineage's windows at an explicit stride (in the model's voxels), probabilities
-  averaged (:func:`vasseg.engine.inference.sliding_window_probs`). ``vasseg evaluate`` and
+  averaged (:func:`vasseg.inferer.sliding.sliding_window_probs`). ``vasseg evaluate`` and
   ``vasseg predict`` use it with ``eval.stride`` (the paper protocol) unless told otherwise.
 - ``overlap``: nnU-Net's sliding window. Along each axis ``n = ceil((dim - patch) / (patch * (1 -
   overlap))) + 1`` windows spread evenly (``round(j * (dim - patch) / (n - 1))``, the last one flush
@@ -29,7 +29,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from vasseg.engine.inference import (
+from vasseg.inferer.sliding import (
     Predictor,
     Triple,
     accumulate_windows,
@@ -38,7 +38,7 @@ from vasseg.engine.inference import (
     pad_volume,
     sliding_window_probs,
 )
-from vasseg.engine.precision import describe_precision, with_precision
+from vasseg.inferer.precision import describe_precision, with_precision
 from vasseg.errors import ConfigError
 
 log = logging.getLogger(__name__)
