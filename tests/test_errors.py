@@ -117,3 +117,13 @@ def test_a_bad_case_is_still_skipped(trained: Path, image: Path, tmp_path: Path)
     result = predict_paths(load_model(trained, device="cpu"), scans, tmp_path / "out", PredictOptions(progress=False))
     assert result.written == [tmp_path / "out" / "a.nii.gz"]
     assert [(src.name, isinstance(exc, DataError)) for src, exc in result.failed] == [("b.nii.gz", True)]
+
+
+def test_a_damaged_cases_csv_is_a_data_error_naming_the_file(tmp_path: Path) -> None:
+    from vasseg.report.collect import METRIC_COLUMNS, read_cases_csv
+
+    values = ",".join(["0.5"] * len(METRIC_COLUMNS))
+    path = tmp_path / "cases.csv"
+    path.write_text(f"case,cls,status,{','.join(METRIC_COLUMNS)}\nla_001,1,ok,{values}\nla_002,one,ok,{values}\n")
+    with pytest.raises(DataError, match=rf"{path}: line 3: "):
+        read_cases_csv(path)

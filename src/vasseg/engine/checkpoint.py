@@ -32,7 +32,6 @@ from vasseg.rundir import LATEST, STEP_FILE, latest_checkpoint  # noqa: F401 - r
 log = logging.getLogger(__name__)
 
 
-
 def serialize(state: dict[str, Any]) -> bytes:
     """``torch.save`` into memory (the write to disk is then a plain, checkable byte write)."""
     buffer = io.BytesIO()

@@ -104,8 +104,7 @@ def has_checkpoint(run_dir: Path) -> bool:
 
 
 def check_checkpoints(run: RunDir, resume: bool) -> None:
-    """``--resume`` needs a checkpoint (see :func:`vasseg.engine.resume.no_checkpoint_error`); a
-    fresh training refuses a folder that already has one."""
+    """A fresh training refuses a run folder that already has a checkpoint (``--resume`` continues it)."""
     if not resume and run.has_checkpoint():
         raise ConfigError(f"{run.path}: a run with this configuration already has checkpoints; "
                           f"resume it with --resume or choose another run.name / run.out_dir")

@@ -188,8 +188,11 @@ def read_cases_csv(path: Path) -> list[CaseRow]:
         missing = [c for c in ("case", "cls", "status", *METRIC_COLUMNS) if c not in (reader.fieldnames or [])]
         if missing:
             raise DataError(f"{path}: missing columns {', '.join(missing)}")
-        return [CaseRow(case=r["case"], cls=int(r["cls"]), status=r["status"], grid=r.get("grid") or "",
-                        values={m: _float(r[m]) for m in METRIC_COLUMNS}) for r in reader]
+        try:
+            return [CaseRow(case=r["case"], cls=int(r["cls"]), status=r["status"], grid=r.get("grid") or "",
+                            values={m: _float(r[m]) for m in METRIC_COLUMNS}) for r in reader]
+        except (ValueError, TypeError) as exc:  # a cut or edited file: a number that is not one
+            raise DataError(f"{path}: line {reader.line_num}: {exc}") from None
 
 
 def _float(text: str) -> float:
