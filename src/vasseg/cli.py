@@ -50,6 +50,46 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
 
 
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    """The ``predict`` subcommand and its flags."""
+    p = sub.add_parser("predict", help="segment images (a file, a folder or a glob) into NIfTI label maps")
+    p.add_argument("model", help="run folder, checkpoint file or exported model file (.safetensors)")
+    p.add_argument("input", help="image (.nii/.nii.gz or LA .h5), a folder of them, or a quoted glob pattern")
+    p.add_argument("output", help="label map (.nii.gz) for one input, else a folder (created) of <case>.nii.gz")
+    p.add_argument("--checkpoint", default="last", help=CHECKPOINT_HELP)
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--save-probabilities", action="store_true",
+                   help="also write <case>.npz beside each label map: float16 class probabilities (K, X, Y, Z)")
+    p.add_argument("--tta", action="store_true", help="average over the 4 flips of the x-y plane (4x slower)")
+    p.add_argument("--reference", metavar="NIFTI",
+                   help=".h5 inputs: take the affine from this NIfTI of the same shape (several inputs: a folder of "
+                        "<case>.nii.gz)")
+    p.add_argument("--spacing", type=float, nargs=3, metavar=("X", "Y", "Z"),
+                   help=".h5 inputs without --reference: voxel size in mm (default: the model's data.spacing)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing outputs: a single output file (even an input image), or in a folder "
+                        "predict's own earlier label maps (other files there stay)")
+    _add_inference(p, "auto", "the config's eval.stride, as evaluate")
+    _add_common(p)
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    """The ``demo`` subcommand and its flags."""
+    p = sub.add_parser("demo", help="phantoms -> train supervised + mean teacher on CPU -> evaluate -> table")
+    p.add_argument("--out", default="vasseg-demo", help="output folder (default: ./vasseg-demo)")
+    p.add_argument("--iterations", type=int, default=None, help="training steps per method (default: the demo's)")
+    p.add_argument("--full-report", action="store_true",
+                   help="add the report's feature-space figures (t-SNE/UMAP; minutes on a CPU)")
+    p.add_argument("--data-only", metavar="DIR",
+                   help="only write the phantoms (LA layout) into the new or empty folder DIR, to train any "
+                        "config on (configs/phantoms/demo.yaml fits them)")
+    p.add_argument("--shape", type=int, nargs=3, metavar=("X", "Y", "Z"),
+                   help="with --data-only: phantom size in voxels (default: the demo's 40 40 40)")
+    p.add_argument("--cases", type=int, nargs=2, metavar=("TRAIN", "TEST"),
+                   help="with --data-only: phantoms in train.list and test.list (default: the demo's 16 6)")
+    _add_common(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from vasseg import __version__
 
@@ -78,25 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inference(p, "fp32", "the config's eval.stride, the paper protocol")
     _add_common(p)
 
-    p = sub.add_parser("predict", help="segment images (a file, a folder or a glob) into NIfTI label maps")
-    p.add_argument("model", help="run folder, checkpoint file or exported model file (.safetensors)")
-    p.add_argument("input", help="image (.nii/.nii.gz or LA .h5), a folder of them, or a quoted glob pattern")
-    p.add_argument("output", help="label map (.nii.gz) for one input, else a folder (created) of <case>.nii.gz")
-    p.add_argument("--checkpoint", default="last", help=CHECKPOINT_HELP)
-    p.add_argument("--device", default="auto", help=DEVICE_HELP)
-    p.add_argument("--save-probabilities", action="store_true",
-                   help="also write <case>.npz beside each label map: float16 class probabilities (K, X, Y, Z)")
-    p.add_argument("--tta", action="store_true", help="average over the 4 flips of the x-y plane (4x slower)")
-    p.add_argument("--reference", metavar="NIFTI",
-                   help=".h5 inputs: take the affine from this NIfTI of the same shape (several inputs: a folder of "
-                        "<case>.nii.gz)")
-    p.add_argument("--spacing", type=float, nargs=3, metavar=("X", "Y", "Z"),
-                   help=".h5 inputs without --reference: voxel size in mm (default: the model's data.spacing)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace existing outputs: a single output file (even an input image), or in a folder "
-                        "predict's own earlier label maps (other files there stay)")
-    _add_inference(p, "auto", "the config's eval.stride, as evaluate")
-    _add_common(p)
+    _add_predict(sub)
 
     p = sub.add_parser("export", help="write a run's network as one portable model file (.safetensors)")
     p.add_argument("run", help="run folder or checkpoint file")
@@ -107,19 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing model file")
     _add_common(p)
 
-    p = sub.add_parser("demo", help="phantoms -> train supervised + mean teacher on CPU -> evaluate -> table")
-    p.add_argument("--out", default="vasseg-demo", help="output folder (default: ./vasseg-demo)")
-    p.add_argument("--iterations", type=int, default=None, help="training steps per method (default: the demo's)")
-    p.add_argument("--full-report", action="store_true",
-                   help="add the report's feature-space figures (t-SNE/UMAP; minutes on a CPU)")
-    p.add_argument("--data-only", metavar="DIR",
-                   help="only write the phantoms (LA layout) into the new or empty folder DIR, to train any "
-                        "config on (configs/phantoms/demo.yaml fits them)")
-    p.add_argument("--shape", type=int, nargs=3, metavar=("X", "Y", "Z"),
-                   help="with --data-only: phantom size in voxels (default: the demo's 40 40 40)")
-    p.add_argument("--cases", type=int, nargs=2, metavar=("TRAIN", "TEST"),
-                   help="with --data-only: phantoms in train.list and test.list (default: the demo's 16 6)")
-    _add_common(p)
+    _add_demo(sub)
 
     p = sub.add_parser("methods", help="list the registered methods")
     _add_common(p)
