@@ -58,11 +58,11 @@ def child(mode: str, run: str, ids: str) -> None:
         from vasseg.data.la import read_id_list
         from vasseg.engine.evaluate import evaluate_cases
         from vasseg.engine.hostmem import retain_freed_memory
-        from vasseg.engine.loading import load_run
+        from vasseg.inference.open import open_model
         from vasseg.data.setup import load_cases
 
         retain_freed_memory()  # as every vasseg command does
-        loaded = load_run(run, "last", torch.device("cpu"))
+        loaded = open_model(run, "last", torch.device("cpu"))
         cases = load_cases(loaded.exp, read_id_list(ids), progress=False)
         evaluate_cases(loaded.method, cases, loaded.exp, torch.device("cpu"), progress=False)
     print(f"peak_rss_mib {peak_mib():.1f}")

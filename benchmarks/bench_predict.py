@@ -12,7 +12,7 @@ kernel set in ``whole`` mode, and that cost is in the numbers (every case of a r
 its own shape).
 
 ``monai``: the dense windows of the CPU-scale protocol (48x48x32 patch, stride 9x9x2, LA images
-down-sampled by 2) through :func:`vasseg.engine.inference.sliding_window_probs` and MONAI's
+down-sampled by 2) through :func:`vasseg.inferer.sliding.sliding_window_probs` and MONAI's
 ``sliding_window_inference`` (``mode="constant"``, per-axis overlap ``1 - stride / patch``, which
 gives the same windows), the same predictor, interleaved; their largest difference is printed.
 """
@@ -31,15 +31,21 @@ import torch
 import torch.nn.functional as F
 
 from vasseg.engine.hostmem import retain_freed_memory
-from vasseg.engine.inference import make_predictor, sliding_window_probs
-from vasseg.engine.precision import cpu_bf16_reason
-from vasseg.engine.windows import Windows, infer_probs
+from vasseg.inferer.sliding import sliding_window_probs
+from vasseg.models.outputs import probs_from_logits
+from vasseg.inferer.precision import cpu_bf16_reason
+from vasseg.inferer.windows import Windows, infer_probs
 from vasseg.models.vnet import VNet
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "LA"
 MODES = {"stride": Windows("stride"), "overlap": Windows("overlap", overlap=0.5), "whole": Windows("whole")}
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
+
+
+def make_predictor(net: torch.nn.Module):  # noqa: ANN201 - a Predictor
+    """The network's softmax probabilities of a batch of windows."""
+    return lambda windows: probs_from_logits(net(windows).logits.float(), "softmax")
 
 def la_images(root: Path, count: int, skip: int = 0) -> list[tuple[str, torch.Tensor]]:
     """The first ``count`` training images after ``skip``, z-scored, ``(1, X, Y, Z)`` float32."""

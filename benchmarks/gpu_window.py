@@ -108,7 +108,7 @@ def config_paths(args: argparse.Namespace) -> list[str]:
 def _watch_memory(jobs: list, memory: dict[str, float], stop: threading.Event) -> None:
     """Peak GPU memory of each running job, read every 0.5 s (nvidia-smi takes ~0.1 s a call: in
     a thread of its own, it does not delay the step timing)."""
-    from vasseg.engine.sweep import process_gpu_mib
+    from vasseg.sweep.runner import process_gpu_mib
 
     while not stop.wait(0.5):
         for job in jobs:
@@ -119,7 +119,7 @@ def _watch_memory(jobs: list, memory: dict[str, float], stop: threading.Event) -
 def poll_smoke(jobs: list, steps: int) -> dict[str, Timing]:
     """Follow the smoke runs' logged steps every 20 ms until they exit; the step time is taken
     over the second half of the steps (after the warm-up)."""
-    from vasseg.engine.sweep import last_step
+    from vasseg.sweep.runner import last_step
 
     samples: dict[str, list[tuple[float, int]]] = {j.name: [] for j in jobs}
     memory: dict[str, float] = {}
@@ -154,7 +154,7 @@ def _timing(job, samples: list[tuple[float, int]], ended: float, gpu_mib: float 
 def smoke(window: Window, overrides: list[str]) -> bool:
     """``--smoke-steps`` steps of every config at once (as many as will run at once), validated on
     one case; fills ``window.smoke``. False when one failed (its log says why)."""
-    from vasseg.engine.sweep import child_env, expand_jobs, start_train
+    from vasseg.sweep.runner import child_env, expand_jobs, start_train
 
     args = window.args
     out = smoke_dir(args)
@@ -175,7 +175,7 @@ def smoke(window: Window, overrides: list[str]) -> bool:
 
 def choose(window: Window, jobs: list, on_cpu: bool, free_mib: float | None) -> None:
     """Runs at once (memory of the largest config) and the jobs the budget holds."""
-    from vasseg.engine.sweep import MEMORY_MARGIN
+    from vasseg.sweep.runner import MEMORY_MARGIN
 
     args = window.args
     at_once = args.jobs
@@ -203,7 +203,7 @@ def choose(window: Window, jobs: list, on_cpu: bool, free_mib: float | None) -> 
 
 def train(window: Window, on_cpu: bool) -> None:
     """The kept jobs as one sweep; at the deadline every running one is stopped (SIGTERM)."""
-    from vasseg.engine.sweep import Sweep
+    from vasseg.sweep.runner import Sweep
 
     stop_at = time.monotonic() + window.left_s() - PACK_RESERVE_S
 
@@ -273,7 +273,7 @@ def weights(window: Window, out: Path, room_files: int, room_mib: float) -> list
 
 
 def summary(window: Window, returned: list[Path]) -> str:
-    from vasseg.engine.sweep_cli import summary_table
+    from vasseg.sweep.cli import summary_table
 
     args = window.args
     rows = [f"# GPU window {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}", "",
@@ -372,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_stages(window: Window, extra: list[str]) -> bool:
-    from vasseg.engine.sweep import expand_jobs, gpu_free_mib, uses_cuda
+    from vasseg.sweep.runner import expand_jobs, gpu_free_mib, uses_cuda
 
     args = window.args
 

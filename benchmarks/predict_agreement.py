@@ -26,18 +26,17 @@ import numpy as np
 import torch
 
 from vasseg.data.setup import iter_cases
-from vasseg.engine.evaluate import on_grid, scoring_grids
 from vasseg.engine.hostmem import retain_freed_memory
-from vasseg.engine.loading import load_run
-from vasseg.engine.predict import model_probs
-from vasseg.engine.run import split_ids
-from vasseg.engine.windows import Windows
+from vasseg.inference.evaluate import split_ids
+from vasseg.inference.open import open_model
+from vasseg.inferer.inferer import Inferer, scoring_grids
+from vasseg.inferer.windows import Windows
 from vasseg.metrics import dice
 
 MODES = {"stride": Windows("stride"), "overlap": Windows("overlap", overlap=0.5),
          "overlap0.75": Windows("overlap", overlap=0.75), "whole": Windows("whole")}
 LABELS = {"stride": "stride (eval.stride)", "overlap": "overlap 0.5", "overlap0.75": "overlap 0.75", "whole": "whole"}
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+PRECISIONS = ("fp32", "bf16")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     retain_freed_memory()
     device = torch.device("cpu")
-    loaded = load_run(args.run, args.checkpoint, device)
+    loaded = open_model(args.run, args.checkpoint, device)
     exp, method = loaded.exp, loaded.method
     method.eval()
     method.to(memory_format=torch.channels_last_3d)  # as vasseg.load_model does
@@ -68,17 +67,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def score_case(method, case, exp, device: torch.device, grid: str) -> dict:
-    """Every (mode, precision) of one case through ``vasseg predict``'s path (:func:`model_probs`,
+    """Every (mode, precision) of one case through ``vasseg predict``'s path (the Inferer,
     channels-last): Dice vs ground truth and vs the dense fp32 map, seconds, largest probability
     difference to the same mode in fp32."""
     probs, maps, seconds = {}, {}, {}
     for mode, windows in MODES.items():
-        for name, dtype in PRECISIONS.items():
+        for name in PRECISIONS:
+            inferer = Inferer(exp, device, windows, name, channels_last=True)
             start = time.perf_counter()
-            p = model_probs(method, case.image, exp, device, windows=windows, dtype=dtype)
+            p = inferer.probs(method, case.image)
             seconds[f"{mode} {name}"] = time.perf_counter() - start
             probs[f"{mode} {name}"] = p
-            maps[f"{mode} {name}"] = on_grid(p, case, exp, grid)
+            maps[f"{mode} {name}"] = inferer.on_grid(p, case, grid)
     dense, ref, _ = maps["stride fp32"]
     out = {"case": case.id, "modes": {}}
     for key, (pred, _, _) in maps.items():

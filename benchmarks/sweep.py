@@ -1,5 +1,5 @@
 """Kept for the commands recorded in RESULTS.md: forwards to ``vasseg sweep`` (see
-:mod:`vasseg.engine.sweep`), reading the old ``--parallel N`` as ``--jobs N``.
+:mod:`vasseg.sweep.runner`), reading the old ``--parallel N`` as ``--jobs N``.
 
     python benchmarks/sweep.py --configs configs/la_cpu/*_8.yaml --seeds 1337 1338 --out runs/sweep -- ...
 """

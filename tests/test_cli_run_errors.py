@@ -20,7 +20,7 @@ import pytest
 import torch
 import yaml
 
-import vasseg.engine.run as run_module
+import vasseg.inference.evaluate as run_module
 from vasseg.cli import main
 from vasseg.data.la import read_h5_case
 from vasseg.data.volumes import DataError

@@ -27,7 +27,9 @@ from vasseg.data.nifti import write_synthetic_ct_dataset
 from vasseg.data.prepare import PrepareOptions, prepare_dataset
 from vasseg.engine.run import train_experiment
 from vasseg.engine.setup import build_method
-from vasseg.export import ModelFileError, export_run, init_student, read_model_file, write_model_file
+from vasseg.engine.init_from import init_student
+from vasseg.inference.export import export_run
+from vasseg.modelfile import ModelFileError, read_model_file, write_model_file
 
 from tests.clitools import cli_error
 from tests.conftest import single_thread, tiny_experiment

@@ -161,7 +161,7 @@ def test_window_runs_end_to_end_and_returns_what_it_promised(phantom_root: Path,
 
 
 def test_the_deadline_stops_the_runs_still_going(phantom_root: Path, tmp_path: Path) -> None:
-    from vasseg.engine.sweep import expand_jobs
+    from vasseg.sweep.runner import expand_jobs
 
     configs = _configs(phantom_root, tmp_path / "configs")
     args, _ = gpu_window.parse(["--runs", str(tmp_path / "w"), "--deadline-s", str(gpu_window.PACK_RESERVE_S - 5)])

@@ -1,5 +1,7 @@
-"""Imports go down the layers: foundation (typed, registry, identity) -> config -> data -> models -> methods ->
-engine -> report -> demo / cli. Checked on the source (ast), plus what ``import vasseg.config`` loads."""
+"""Imports go down the layers: foundation (errors, typed, registry, identity) -> config -> rundir -> data ->
+models -> methods -> inferer, modelfile -> engine (training) -> inference (after training) -> api, report, sweep ->
+demo / cli. Checked on the source (ast), plus what ``import vasseg.config`` loads; no import cycle, counting
+imports inside functions too (benchmarks/structure_stats.py finds them)."""
 
 from __future__ import annotations
 
@@ -15,15 +17,23 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "vasseg"
 # Package (or top-level module) -> the vasseg packages it must not import, at run time or under
 # TYPE_CHECKING alike.
 FORBIDDEN: dict[str, tuple[str, ...]] = {
+    "errors": ("*",),
     "registry": ("*",),
-    "typed": ("*",),
+    "typed": ("*", "!errors"),
     "identity": ("*",),
     "config": ("*", "!typed", "!registry", "!identity"),
-    "outfolder": ("*", "!atomic", "!typed"),
-    "data": ("models", "methods", "engine", "report", "export", "api", "demo", "cli"),
-    "models": ("data", "methods", "engine", "report", "export", "api", "demo", "cli"),
-    "methods": ("engine", "report", "export", "api", "demo", "cli"),
-    "engine": ("report", "demo", "cli"),
+    "outfolder": ("*", "!atomic", "!typed", "!errors"),
+    "rundir": ("*", "!errors", "!config"),
+    "data": ("models", "methods", "inferer", "modelfile", "engine", "inference", "report", "api", "sweep", "demo",
+             "cli"),
+    "models": ("data", "methods", "inferer", "modelfile", "engine", "inference", "report", "api", "sweep", "demo",
+               "cli"),
+    "methods": ("inferer", "modelfile", "engine", "inference", "report", "api", "sweep", "demo", "cli"),
+    "inferer": ("modelfile", "engine", "inference", "report", "api", "sweep", "demo", "cli"),
+    "modelfile": ("models", "methods", "inferer", "engine", "inference", "report", "api", "sweep", "demo", "cli"),
+    "engine": ("inference", "report", "api", "sweep", "demo", "cli"),
+    "inference": ("report", "api", "sweep", "demo", "cli"),
+    "sweep": ("inference", "report", "api", "demo", "cli"),
     "report": ("demo", "cli"),
 }
 
@@ -95,3 +105,33 @@ def test_loading_a_config_imports_only_the_method_it_names(method: str) -> None:
     others = {"admt", "bcp", "dtc", "mcnet", "mean_teacher", "sassnet", "supervised", "uamt", "vas"} - {method}
     loaded = set(eval(out.stdout))  # noqa: S307 - a printed list of names
     assert method in loaded and not loaded & others
+
+
+def _structure_stats():  # noqa: ANN202 - the module benchmarks/structure_stats.py
+    import importlib.util
+
+    path = SRC.parents[1] / "benchmarks" / "structure_stats.py"
+    spec = importlib.util.spec_from_file_location("structure_stats", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_no_import_cycle_even_through_imports_inside_functions() -> None:
+    assert _structure_stats().stats(SRC)["cycles"] == []
+
+
+def test_training_imports_nothing_that_comes_after_it() -> None:
+    assert _structure_stats().stats(SRC)["climbing_arrows"] == []
+
+
+def test_the_structure_check_sees_imports_inside_functions(tmp_path: Path) -> None:
+    pkg = tmp_path / "vasseg"
+    for name, text in {"__init__.py": "", "engine/__init__.py": "", "inference/__init__.py": "",
+                       "engine/a.py": "from vasseg.inference import b\n",
+                       "inference/b.py": "def f():\n    from vasseg.engine.a import x\n"}.items():
+        (pkg / name).parent.mkdir(parents=True, exist_ok=True)
+        (pkg / name).write_text(text)
+    stats = _structure_stats().stats(pkg)
+    assert stats["cycles"] == [["vasseg.engine.a", "vasseg.inference.b"]]
+    assert stats["climbing_arrows"] == ["vasseg.engine.a -> vasseg.inference.b"]

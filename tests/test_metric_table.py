@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vasseg.engine.run import evaluate_run
+from vasseg.inference.evaluate import evaluate_run
 from vasseg.metrics import hd, hd95, table
 from vasseg.metrics.table import Metric, register_metric
 from vasseg.report.build import ReportOptions, build_report

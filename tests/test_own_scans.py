@@ -19,7 +19,7 @@ from vasseg.cli import main
 from vasseg.data.batcher import TwoStreamBatcher
 from vasseg.data.prepared import read_manifest
 from vasseg.data.synthetic_nnunet import write_synthetic_nnunet, write_unlabeled_scans
-from vasseg.export import read_model_file
+from vasseg.modelfile import read_model_file
 
 from tests.conftest import SHARED_DATA
 

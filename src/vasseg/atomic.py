@@ -9,7 +9,6 @@ early check that an output folder can be written and the one-line error of a ful
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 import tempfile
@@ -19,14 +18,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
-from vasseg.typed import ConfigError
-
-# Errors with which storage refuses a write (rather than a path being wrong): full disk, quota,
-# file-size limit, read-only file system.
-STORAGE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
+from vasseg.errors import STORAGE_ERRORS, ConfigError, VassegError
 
 
-class WriteError(OSError):
+class WriteError(VassegError, OSError):
     """An output could not be written; the one-line message names it and what was kept."""
 
 

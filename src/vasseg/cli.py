@@ -1,7 +1,9 @@
 """Command line: ``vasseg demo | train | evaluate | predict | export | methods``.
 
-Errors at the boundary (bad config, missing file, bad data, unsafe checkpoint) print one line
-naming the problem and exit with status 2; ``--debug`` shows the traceback instead.
+Errors at the boundary (bad config, missing file, bad data, unsafe checkpoint: a
+:class:`vasseg.errors.VassegError`, or an OS error naming a path) print one line naming the problem
+and exit with status 2; ``--debug`` shows the traceback instead. Any other exception is a bug: its
+traceback and a line asking for a report, exit status 70.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ CHECKPOINT_HELP = "for a run folder: last (default) or best (validation-selected
 
 
 def _add_inference(p: argparse.ArgumentParser, precision: str, windows: str) -> None:
-    """--precision, --window, --stride, --overlap (see vasseg.engine.windows); defaults named in the help."""
+    """--precision, --window, --stride, --overlap (see vasseg.inferer.windows); defaults named in the help."""
     p.add_argument("--precision", default=precision, choices=("auto", "fp32", "bf16"),
                    help=f"compute precision; auto: bf16 on CUDA and on CPUs with bf16 instructions, else fp32 "
                         f"(default: {precision})")
@@ -36,7 +38,7 @@ def _add_inference(p: argparse.ArgumentParser, precision: str, windows: str) -> 
 
 def _inference_args(args: argparse.Namespace, command: str) -> dict[str, object]:
     """``precision`` and ``windows`` keywords from the flags of :func:`_add_inference`."""
-    from vasseg.engine.windows import EVALUATE_DEFAULT, PREDICT_DEFAULT, windows_from_options
+    from vasseg.inferer.windows import EVALUATE_DEFAULT, PREDICT_DEFAULT, windows_from_options
 
     default = PREDICT_DEFAULT if command == "predict" else EVALUATE_DEFAULT
     return {"precision": args.precision,
@@ -46,6 +48,46 @@ def _inference_args(args: argparse.Namespace, command: str) -> dict[str, object]
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
     p.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    """The ``predict`` subcommand and its flags."""
+    p = sub.add_parser("predict", help="segment images (a file, a folder or a glob) into NIfTI label maps")
+    p.add_argument("model", help="run folder, checkpoint file or exported model file (.safetensors)")
+    p.add_argument("input", help="image (.nii/.nii.gz or LA .h5), a folder of them, or a quoted glob pattern")
+    p.add_argument("output", help="label map (.nii.gz) for one input, else a folder (created) of <case>.nii.gz")
+    p.add_argument("--checkpoint", default="last", help=CHECKPOINT_HELP)
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--save-probabilities", action="store_true",
+                   help="also write <case>.npz beside each label map: float16 class probabilities (K, X, Y, Z)")
+    p.add_argument("--tta", action="store_true", help="average over the 4 flips of the x-y plane (4x slower)")
+    p.add_argument("--reference", metavar="NIFTI",
+                   help=".h5 inputs: take the affine from this NIfTI of the same shape (several inputs: a folder of "
+                        "<case>.nii.gz)")
+    p.add_argument("--spacing", type=float, nargs=3, metavar=("X", "Y", "Z"),
+                   help=".h5 inputs without --reference: voxel size in mm (default: the model's data.spacing)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing outputs: a single output file (even an input image), or in a folder "
+                        "predict's own earlier label maps (other files there stay)")
+    _add_inference(p, "auto", "the config's eval.stride, as evaluate")
+    _add_common(p)
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    """The ``demo`` subcommand and its flags."""
+    p = sub.add_parser("demo", help="phantoms -> train supervised + mean teacher on CPU -> evaluate -> table")
+    p.add_argument("--out", default="vasseg-demo", help="output folder (default: ./vasseg-demo)")
+    p.add_argument("--iterations", type=int, default=None, help="training steps per method (default: the demo's)")
+    p.add_argument("--full-report", action="store_true",
+                   help="add the report's feature-space figures (t-SNE/UMAP; minutes on a CPU)")
+    p.add_argument("--data-only", metavar="DIR",
+                   help="only write the phantoms (LA layout) into the new or empty folder DIR, to train any "
+                        "config on (configs/phantoms/demo.yaml fits them)")
+    p.add_argument("--shape", type=int, nargs=3, metavar=("X", "Y", "Z"),
+                   help="with --data-only: phantom size in voxels (default: the demo's 40 40 40)")
+    p.add_argument("--cases", type=int, nargs=2, metavar=("TRAIN", "TEST"),
+                   help="with --data-only: phantoms in train.list and test.list (default: the demo's 16 6)")
+    _add_common(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,25 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inference(p, "fp32", "the config's eval.stride, the paper protocol")
     _add_common(p)
 
-    p = sub.add_parser("predict", help="segment images (a file, a folder or a glob) into NIfTI label maps")
-    p.add_argument("model", help="run folder, checkpoint file or exported model file (.safetensors)")
-    p.add_argument("input", help="image (.nii/.nii.gz or LA .h5), a folder of them, or a quoted glob pattern")
-    p.add_argument("output", help="label map (.nii.gz) for one input, else a folder (created) of <case>.nii.gz")
-    p.add_argument("--checkpoint", default="last", help=CHECKPOINT_HELP)
-    p.add_argument("--device", default="auto", help=DEVICE_HELP)
-    p.add_argument("--save-probabilities", action="store_true",
-                   help="also write <case>.npz beside each label map: float16 class probabilities (K, X, Y, Z)")
-    p.add_argument("--tta", action="store_true", help="average over the 4 flips of the x-y plane (4x slower)")
-    p.add_argument("--reference", metavar="NIFTI",
-                   help=".h5 inputs: take the affine from this NIfTI of the same shape (several inputs: a folder of "
-                        "<case>.nii.gz)")
-    p.add_argument("--spacing", type=float, nargs=3, metavar=("X", "Y", "Z"),
-                   help=".h5 inputs without --reference: voxel size in mm (default: the model's data.spacing)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace existing outputs: a single output file (even an input image), or in a folder "
-                        "predict's own earlier label maps (other files there stay)")
-    _add_inference(p, "auto", "the config's eval.stride, as evaluate")
-    _add_common(p)
+    _add_predict(sub)
 
     p = sub.add_parser("export", help="write a run's network as one portable model file (.safetensors)")
     p.add_argument("run", help="run folder or checkpoint file")
@@ -105,19 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing model file")
     _add_common(p)
 
-    p = sub.add_parser("demo", help="phantoms -> train supervised + mean teacher on CPU -> evaluate -> table")
-    p.add_argument("--out", default="vasseg-demo", help="output folder (default: ./vasseg-demo)")
-    p.add_argument("--iterations", type=int, default=None, help="training steps per method (default: the demo's)")
-    p.add_argument("--full-report", action="store_true",
-                   help="add the report's feature-space figures (t-SNE/UMAP; minutes on a CPU)")
-    p.add_argument("--data-only", metavar="DIR",
-                   help="only write the phantoms (LA layout) into the new or empty folder DIR, to train any "
-                        "config on (configs/phantoms/demo.yaml fits them)")
-    p.add_argument("--shape", type=int, nargs=3, metavar=("X", "Y", "Z"),
-                   help="with --data-only: phantom size in voxels (default: the demo's 40 40 40)")
-    p.add_argument("--cases", type=int, nargs=2, metavar=("TRAIN", "TEST"),
-                   help="with --data-only: phantoms in train.list and test.list (default: the demo's 16 6)")
-    _add_common(p)
+    _add_demo(sub)
 
     p = sub.add_parser("methods", help="list the registered methods")
     _add_common(p)
@@ -136,7 +148,7 @@ PLUGIN_COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("vasseg.data.prepare_cli",
                 "prepare a NIfTI dataset (BTCV, MSD or plain image/label pairs) for training"),
     "report": ("vasseg.report.cli", "tables and figures (markdown + HTML + PNG) from run folders"),
-    "sweep": ("vasseg.engine.sweep_cli", "train configs x seeds x overrides, several runs at once, with a summary"),
+    "sweep": ("vasseg.sweep.cli", "train configs x seeds x overrides, several runs at once, with a summary"),
 }
 
 
@@ -178,7 +190,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from vasseg.engine.run import evaluate_run
+    from vasseg.inference.evaluate import evaluate_run
 
     out_dir, table = evaluate_run(args.run, args.split, args.checkpoint, args.data_root, args.device,
                                   args.out, progress=not args.quiet, overwrite=args.overwrite,
@@ -189,7 +201,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from vasseg.engine.predict_cases import PredictionFailed, PredictOptions, predict_paths
+    from vasseg.inference.predict import PredictionFailed, PredictOptions, predict_paths
 
     options = PredictOptions(
         checkpoint=args.checkpoint, device=args.device, save_probabilities=args.save_probabilities, tta=args.tta,
@@ -205,7 +217,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from vasseg.export import export_run
+    from vasseg.inference.export import export_run
 
     print(export_run(args.run, args.output, args.checkpoint, args.dtype, args.overwrite))
     return 0
@@ -213,9 +225,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from vasseg.demo import run_demo, write_phantoms
+    from vasseg.errors import ConfigError
 
     if args.data_only is None and (args.shape or args.cases):
-        raise ValueError("--shape and --cases go with --data-only DIR")
+        raise ConfigError("--shape and --cases go with --data-only DIR")
     if args.data_only is not None:
         print(write_phantoms(args.data_only, args.shape, args.cases), end="")
         return 0
@@ -240,18 +253,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
-def user_errors() -> tuple[type[BaseException], ...]:
-    """Exception types that are the user's input problems: one line, no traceback."""
-    from vasseg.config import ConfigError
-    from vasseg.data.volumes import DataError
-    from vasseg.engine.checkpoint import CheckpointError
-    from vasseg.engine.trainer import TrainingStopped
-
-    # OSError covers the environment's failures too (disk full, quota, read-only file system):
-    # the message names the path, a traceback would add nothing for the user. vasseg.io's
-    # ImageIOError is a ValueError; importing it here would import nibabel, and a machine without
-    # nibabel (a bare GPU host) would turn every user error into an ImportError.
-    return (ConfigError, DataError, CheckpointError, TrainingStopped, OSError, ValueError)
+BUG_EXIT = 70  # EX_SOFTWARE: an internal error (sysexits.h)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -270,11 +272,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _interrupted() as exc:  # SIGTERM/SIGINT during training: checkpoint saved
         print(f"vasseg {args.command}: {_one_line(exc)}", file=sys.stderr)
         return 130
-    except user_errors() as exc:
-        if args.debug:
-            raise
+    except Exception as exc:  # noqa: BLE001 - sorted into the user's errors and bugs
+        return _failure(args, exc)
+
+
+def _failure(args: argparse.Namespace, exc: Exception) -> int:
+    """A user error (:func:`vasseg.errors.is_user_error`): one line, exit 2. Anything else is a bug:
+    the traceback and a line asking for a report, exit :data:`BUG_EXIT` (``--debug``: re-raised)."""
+    import traceback
+
+    from vasseg.errors import BUG_REPORT, is_user_error
+
+    if args.debug or _out_of_memory(exc):
+        raise exc  # out of memory: the machine's limit, not a bug; its traceback as before
+    if is_user_error(exc):
         print(f"vasseg {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    traceback.print_exception(exc, file=sys.stderr)
+    print(f"vasseg {args.command}: {BUG_REPORT}", file=sys.stderr)
+    return BUG_EXIT
+
+
+def _out_of_memory(exc: Exception) -> bool:
+    return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"  # torch's, without torch
 
 
 def _interrupted() -> type[BaseException]:

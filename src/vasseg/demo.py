@@ -17,8 +17,8 @@ from typing import Any
 
 from vasseg.config import ConfigError, build_experiment, merge, read_yaml
 from vasseg.data.synthetic import write_phantom_la_layout
-from vasseg.engine.run import evaluate_run
-from vasseg.engine.setup import has_checkpoint, run_dir_for
+from vasseg.inference.evaluate import evaluate_run
+from vasseg.rundir import RunDir
 from vasseg.training import train
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ def run_demo(out_dir: str | Path = "vasseg-demo", iterations: int | None = None,
     for method in DEMO_METHODS:
         exp = demo_experiment(out, method, iterations, progress)
         # a rerun with the same settings continues (or reuses) the run instead of training again
-        run_dir = train(exp, resume=has_checkpoint(run_dir_for(exp)))
+        run_dir = train(exp, resume=RunDir.of(exp).has_checkpoint())
         _, table = evaluate_run(run_dir, split="test", progress=progress)
         tables.append(table)
         run_dirs.append(run_dir)
@@ -103,7 +103,7 @@ def training_summary(method: str, run_dir: Path) -> str:
     """
     import json
 
-    rows = [json.loads(line) for line in (run_dir / "scalars.jsonl").read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in RunDir(run_dir).scalars.read_text().splitlines() if line.strip()]
     rows = [r for r in rows if "loss" in r]
     first, last = rows[:SUMMARY_STEPS], rows[-SUMMARY_STEPS:]
 

@@ -34,6 +34,7 @@ from nibabel.spatialimages import HeaderDataError, ImageDataError
 
 from vasseg.atomic import fsync_dir, fsync_file
 from vasseg.config import LA_SPACING
+from vasseg.errors import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ _LIBRARY_ERRORS = (OSError, EOFError, ValueError, KeyError, TypeError, RuntimeEr
 _SCANNER_CODE = 1
 
 
-class ImageIOError(ValueError):
+class ImageIOError(DataError):
     """A file could not be read or written; the message is one line starting with the path."""
 
 

@@ -14,9 +14,7 @@ import types
 import typing
 from typing import Any, Mapping
 
-
-class ConfigError(ValueError):
-    """A configuration problem; the message names the key path or file."""
+from vasseg.errors import ConfigError  # noqa: F401 - raised here, imported from here by callers
 
 
 # PyYAML implements YAML 1.1, whose floats need a dot and a signed exponent: it reads 1e-3, 1E-4

@@ -63,7 +63,8 @@ def toy_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_a_format_from_a_test_file_trains_evaluates_and_predicts(toy_format, toy_root: Path, tmp_path: Path) -> None:
     from vasseg.api import load_model
-    from vasseg.engine.run import evaluate_run, train_experiment
+    from vasseg.engine.run import train_experiment
+    from vasseg.inference.evaluate import evaluate_run
 
     exp = tiny_experiment(toy_root, tmp_path / "runs", "mean_teacher", data={"dataset": "toy", "num_val": 1},
                           train={"iterations": 2, "ckpt_every": 2})

@@ -29,10 +29,10 @@ from vasseg.data.prepared import (
     window_rescale,
 )
 from vasseg.data.volumes import DataError, VolumeSet
-from vasseg.engine.inference import resize_probs
 from vasseg.io import read_volume
 
 from tests.loading import load_cases
+from tests.windowtools import resize_probs
 
 PAPER_ORGANS = ("background", "spleen", "left kidney", "gallbladder", "esophagus", "liver", "stomach",
                 "pancreas", "duodenum")

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from vasseg import methods
 from vasseg.data.batcher import Batch
+from vasseg.errors import ConfigError
 from vasseg.methods.base import Method, OptimizerSpec, make_teacher, teacher_noise
 from vasseg.methods.losses import supervised_loss
 from vasseg.methods.players import HANDOFF
@@ -91,7 +92,8 @@ class BrokenBuild(Method):
     name = "broken_build"
 
     def __init__(self, exp) -> None:  # noqa: ANN001 - an Experiment
-        raise ValueError("broken_build: cannot build (a setup failure on purpose)")
+        # A user error (a ConfigError): since issue 29 a bare ValueError is a bug, shown with its traceback.
+        raise ConfigError("broken_build: cannot build (a setup failure on purpose)")
 
 
 @pytest.fixture

@@ -14,16 +14,18 @@ from torch import nn
 
 from vasseg.config import ConfigError, load_config
 from vasseg.data.batcher import Batch
-from vasseg.engine.evaluate import predict_case
-from vasseg.engine.inference import labels_from_probs, sliding_window_probs
-from vasseg.engine.predict import predict_file
-from vasseg.engine.run import evaluate_run, train_experiment
+from vasseg.inferer.sliding import sliding_window_probs
+from vasseg.inference.predict import predict_file
+from vasseg.inference.evaluate import evaluate_run
+from vasseg.engine.run import train_experiment
 from vasseg.engine.setup import build_data, build_method, prepare_run_dir, seed_everything
 from vasseg.engine.trainer import Trainer
 from vasseg.methods import get_method
 from vasseg.methods.mcnet import linear_dice_loss, mutual_consistency, sharpen
 from vasseg.methods.uamt import masked_consistency
 from vasseg.models.vnet import VNetOutput
+
+from tests.windowtools import labels_from_probs, predict_case
 
 REPO = Path(__file__).resolve().parents[2]
 BASELINES = ("uamt", "sassnet", "dtc", "mcnet")

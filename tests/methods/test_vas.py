@@ -11,7 +11,8 @@ import torch
 from tests.conftest import tiny_raw
 from vasseg.config import ConfigError, Experiment, build_experiment, load_config, merge
 from vasseg.data.synthetic import write_phantom_la_layout
-from vasseg.engine.run import evaluate_run, train_experiment
+from vasseg.engine.run import train_experiment
+from vasseg.inference.evaluate import evaluate_run
 from vasseg.engine.setup import build_data, build_method, prepare_run_dir, seed_everything
 from vasseg.engine.trainer import Trainer
 from vasseg.methods import get_method

@@ -38,6 +38,7 @@ from vasseg import registry
 from vasseg.data.splits import Split, read_id_list
 from vasseg.data.volumes import Case, VolumeSet, resize_image, scaled_shape
 from vasseg.typed import ConfigError
+from vasseg.errors import DataError
 
 if TYPE_CHECKING:
     from vasseg.config import Experiment
@@ -177,4 +178,4 @@ def format_for_record(record: Record, where: str = "preprocessing") -> type[Data
     for cls in classes:
         if cls.kind() == kind:
             return cls
-    raise ValueError(f"{where}: record kind {kind!r} is not one of {', '.join(c.kind() for c in classes)}")
+    raise DataError(f"{where}: record kind {kind!r} is not one of {', '.join(c.kind() for c in classes)}")

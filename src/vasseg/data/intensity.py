@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from vasseg.errors import ConfigError
 
 INTENSITY_MODES = ("file", "zscore")
 
@@ -28,7 +29,7 @@ def normalize_intensity(image: np.ndarray, mode: str) -> np.ndarray:
         return image
     if mode == "zscore":
         return zscore(image)
-    raise ValueError(f"data.intensity: {mode!r} is not one of {', '.join(INTENSITY_MODES)}")
+    raise ConfigError(f"data.intensity: {mode!r} is not one of {', '.join(INTENSITY_MODES)}")
 
 
 def normalize_tensor(image: torch.Tensor, mode: str) -> torch.Tensor:

@@ -23,54 +23,20 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
 
+from vasseg.data.discovery import _NII, SAFE_ID, Discovery, Pair, strip_nifti  # noqa: F401 - re-exported
 from vasseg.data.volumes import DataError
+from vasseg.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-_NII = r"\.nii(?:\.gz)?"
 IMAGE_NAME = re.compile(rf"^img[_-]?(?P<id>.+?){_NII}$", re.IGNORECASE)
 LABEL_NAME = re.compile(rf"^label[_-]?(?P<id>.+?){_NII}$", re.IGNORECASE)
-SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-
-@dataclass(frozen=True)
-class Pair:
-    """One scan of a source dataset: case ``id``, image and (labeled cases) label NIfTI paths."""
-
-    id: str
-    image: Path
-    label: Path | None
-
-
-@dataclass
-class Discovery:
-    """What a dataset folder holds: its layout, the usable cases and one line per problem.
-
-    ``pairs``: labeled training cases; ``unlabeled``: training images without a label (their
-    ``label`` is None); ``test``: held-out images (nnU-Net's ``imagesTs``, label when
-    ``labelsTs`` has one). ``meta``: the dataset.json of an nnU-Net v2 folder, else empty.
-    """
-
-    layout: str  # "btcv" | "msd" | "nnunet" | "pairs" | "mixed" (several sources)
-    roots: list[Path]
-    pairs: list[Pair]
-    problems: list[str] = field(default_factory=list)
-    label_names: dict[str, str] = field(default_factory=dict)  # from dataset.json, informational
-    unlabeled: list[Pair] = field(default_factory=list)
-    test: list[Pair] = field(default_factory=list)
-    meta: dict = field(default_factory=dict)
-
-
-def strip_nifti(name: str) -> str:
-    """File name without ``.nii`` / ``.nii.gz``."""
-    return re.sub(rf"{_NII}$", "", name, flags=re.IGNORECASE)
 
 
 def discover_dataset(root: str | Path) -> Discovery:
@@ -322,7 +288,7 @@ def write_synthetic_ct_dataset(root: str | Path, n: int, shape: tuple[int, int, 
     and y (LPS, with the affine saying so), so the anatomy is the same in world coordinates.
     """
     if layout not in ("btcv", "msd"):
-        raise ValueError(f"layout must be btcv or msd, got {layout!r}")
+        raise ConfigError(f"layout must be btcv or msd, got {layout!r}")
     root = Path(root)
     entries = []
     for i in range(1, n + 1):

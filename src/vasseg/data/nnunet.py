@@ -30,7 +30,7 @@ import re
 from pathlib import Path
 from typing import Sequence
 
-from vasseg.data.nifti import SAFE_ID, Discovery, Pair, strip_nifti
+from vasseg.data.discovery import SAFE_ID, Discovery, Pair, strip_nifti
 from vasseg.data.volumes import DataError
 
 log = logging.getLogger(__name__)

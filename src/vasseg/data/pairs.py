@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from vasseg.data.nifti import SAFE_ID, Discovery, Pair, strip_nifti
+from vasseg.data.discovery import SAFE_ID, Discovery, Pair, strip_nifti
 from vasseg.data.volumes import DataError
 
 NIFTI_NAME = re.compile(r"\.nii(?:\.gz)?$", re.IGNORECASE)

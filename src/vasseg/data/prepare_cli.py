@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from vasseg.data.prepare import PAPER_WINDOW, PrepareOptions, prepare_dataset
+from vasseg.errors import ConfigError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -64,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         unlabeled=tuple(args.unlabeled), seed=args.seed, workers=args.workers, skip_bad=args.skip_bad,
         overwrite=args.overwrite, ignore_label_affine=args.ignore_label_affine)
     if (args.images is None) != (args.labels is None):
-        raise ValueError("--images and --labels: give both (two folders, or one image and its label file)")
+        raise ConfigError("--images and --labels: give both (two folders, or one image and its label file)")
     plain = (args.images, args.labels) if args.images else None
     out = prepare_dataset(args.sources, args.out, options, progress=not args.quiet, plain=plain)
     print(out)

@@ -17,14 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from vasseg.errors import DataError  # noqa: F401 - any data failure; imported from here by callers
+
 log = logging.getLogger(__name__)
 
 Shape3 = tuple[int, int, int]
 Spacing = tuple[float, float, float]
-
-
-class DataError(ValueError):
-    """Any data failure. The message is one line that starts with the file (or case) it is about."""
 
 
 @dataclass

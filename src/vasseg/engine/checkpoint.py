@@ -26,16 +26,11 @@ import torch
 
 from vasseg.atomic import atomic_write_bytes
 from vasseg.config import ConfigError, build_experiment
+from vasseg.errors import CheckpointError
 from vasseg.methods.players import MAIN
+from vasseg.rundir import LATEST, STEP_FILE, latest_checkpoint  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
-
-LATEST = "latest"
-STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint cannot be written, found or trusted; the message names the file."""
 
 
 def serialize(state: dict[str, Any]) -> bytes:
@@ -72,33 +67,6 @@ def _intact(folder: Path) -> str:
     except CheckpointError:
         return "unreadable latest pointer"
     return f"latest = {latest.name}" if latest is not None else "none written yet"
-
-
-def latest_checkpoint(folder: Path) -> Path | None:
-    """The file the ``latest`` pointer names, or None when there is no checkpoint yet.
-
-    Without the pointer (deleted by hand) the newest step file is taken, with a warning: step
-    files are written atomically, so the newest one is complete.
-    """
-    pointer = folder / LATEST
-    if not pointer.exists():
-        steps = sorted((int(m.group(1)), p) for p in folder.glob("step_*.pt") if (m := STEP_FILE.match(p.name)))
-        if steps:
-            log.warning("%s is missing; using the newest step checkpoint, %s", pointer, steps[-1][1].name)
-            return steps[-1][1]
-        return None
-    try:
-        name = pointer.read_text().strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{pointer}: unreadable latest pointer ({exc})") from None
-    # The pointer only ever holds a file name written by save_checkpoint; anything else
-    # (a path, an empty file) was not written by us and must not steer loading elsewhere.
-    if not name or Path(name).name != name or name in (".", ".."):
-        raise CheckpointError(f"{pointer}: latest pointer holds {name!r}, not a checkpoint file name")
-    target = folder / name
-    if not target.is_file():
-        raise CheckpointError(f"{pointer}: names {target.name}, which does not exist")
-    return target
 
 
 def prune_checkpoints(folder: Path, keep: int) -> None:

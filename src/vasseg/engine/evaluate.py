@@ -32,9 +32,8 @@ import torch
 from tqdm import tqdm
 
 from vasseg.config import Experiment
-from vasseg.data.format import get_format
-from vasseg.data.volumes import Case, VolumeSet, resized_argmax
-from vasseg.engine.windows import EVALUATE_DEFAULT, Windows, infer_probs
+from vasseg.data.volumes import Case, VolumeSet
+from vasseg.inferer.inferer import GridMaps, Inferer
 from vasseg.methods.base import Method
 from vasseg.metrics.table import (CaseRow, Summary, csv_columns, format_mean_std, is_percent, metric_columns,
                                   metric_of, score_labels, table_metrics)
@@ -51,63 +50,6 @@ GRID_TITLES = {
 }
 
 
-def scoring_grids(exp: Experiment) -> tuple[str, ...]:
-    """Grids every case is scored on, the primary (``eval.native_resolution``) first."""
-    primary = "native" if exp.eval.native_resolution else "model"
-    return get_format(exp).scoring_grids(primary)
-
-
-@torch.no_grad()
-def case_probs(method: Method, case: Case, exp: Experiment, device: torch.device,
-               windows: Windows = EVALUATE_DEFAULT, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Class probabilities ``(K, X, Y, Z)`` on the model grid of ``case``; by default the paper
-    protocol (``eval.stride`` windows, fp32)."""
-    return infer_probs(method.predict, case.image, exp.eval_patch, windows, exp.eval.stride, exp.data.num_classes,
-                       batch_size=exp.eval.batch_size, device=device, dtype=dtype, filters=exp.model.filters)
-
-
-def native_reference(case: Case, exp: Experiment) -> np.ndarray | None:
-    """The label on the file's original grid, when the case was resampled; else None (the format's:
-    a prepared dataset keeps it on disk, a full-resolution CT label being large)."""
-    return get_format(exp).native_reference(case)
-
-
-def on_grid(probs: torch.Tensor, case: Case, exp: Experiment,
-            grid: str) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
-    """(prediction, reference, spacing in mm) of ``case`` on ``grid`` ("native" or "model").
-
-    "native" falls back to the model grid when the case was never resampled (they coincide).
-    """
-    if grid == "native":
-        ref = native_reference(case, exp)
-        if ref is not None:
-            pred = resized_argmax(probs, ref.shape).cpu().numpy()
-            return pred, ref, tuple(case.native_spacing or case.spacing)
-    if case.label is None:
-        raise ValueError(f"{case.where}: no label to evaluate against")
-    return probs.argmax(0).to(torch.uint8).cpu().numpy(), case.label.cpu().numpy(), tuple(case.spacing)
-
-
-@torch.no_grad()
-def predict_case(method: Method, case: Case, exp: Experiment, device: torch.device) -> tuple[np.ndarray, Case]:
-    """Label map of one case ``(X, Y, Z)`` on the primary grid (native when configured)."""
-    probs = case_probs(method, case, exp, device)
-    if scoring_grids(exp)[0] == "native" and case.native_shape and tuple(case.native_shape) != case.shape:
-        return resized_argmax(probs, case.native_shape).cpu().numpy(), case
-    return probs.argmax(0).to(torch.uint8).cpu().numpy(), case
-
-
-def reference_of(case: Case, exp: Experiment) -> tuple[np.ndarray, tuple[float, ...]]:
-    """The label the primary grid's prediction is scored against, and its spacing in mm."""
-    if scoring_grids(exp)[0] == "native":
-        ref = native_reference(case, exp)
-        if ref is not None:
-            return ref, tuple(case.native_spacing or case.spacing)
-    if case.label is None:
-        raise ValueError(f"{case.where}: no label to evaluate against")
-    return case.label.cpu().numpy(), tuple(case.spacing)
-
-
 def score_case(case_id: str, pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...],
                num_classes: int, empty_distance: str, grid: str = "native") -> list[Row]:
     """Rows of every metric of the table for every foreground class (distances in voxels and mm)."""
@@ -115,33 +57,31 @@ def score_case(case_id: str, pred: np.ndarray, ref: np.ndarray, spacing: tuple[f
 
 
 def evaluate_cases(method: Method, cases: VolumeSet | Iterable[Case], exp: Experiment, device: torch.device,
-                   progress: bool = True, total: int | None = None, windows: Windows = EVALUATE_DEFAULT,
-                   dtype: torch.dtype = torch.float32) -> list[Row]:
-    """Predict and score every case on every grid of :func:`scoring_grids`; the method is left in
-    eval mode. Rows of the primary grid come first for each case.
+                   progress: bool = True, total: int | None = None, inferer: Inferer | None = None) -> list[Row]:
+    """Predict and score every case on every grid of :func:`~vasseg.inferer.inferer.scoring_grids`;
+    the method is left in eval mode. Rows of the primary grid come first for each case.
 
     Metrics of case i run on a worker thread while case i+1 is being predicted (the network
     releases the GIL, so on a GPU the surface distances of one case hide behind the inference of
     the next); the rows keep the order of the cases. ``cases`` may be an iterator that reads each
     case when asked (``total``: their number, for the progress bar): at most two cases' arrays
-    are alive at once, so memory does not grow with the number of cases. ``windows`` and
-    ``dtype``: how the probabilities are computed (:func:`case_probs`).
+    are alive at once, so memory does not grow with the number of cases. ``inferer``: how the
+    probabilities are computed (default: the paper protocol, ``eval.stride`` windows in fp32).
     """
     method.eval()
-    grids = scoring_grids(exp)
+    inferer = inferer or Inferer(exp, device)
+    grids = inferer.grids
     pending: list[Future[list[Row]]] = []
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="metrics") as pool:
         for case in tqdm(cases, total=total, desc="evaluate", disable=not progress, dynamic_ncols=True):
-            probs = case_probs(method, case, exp, device, windows, dtype)
-            grid_maps = [on_grid(probs, case, exp, grid) for grid in grids]  # device -> host here
-            del probs
+            grid_maps = inferer.grid_maps(method, case)  # device -> host here
             if pending:
                 pending[-1].result()  # one case's maps in the queue at most, however slow the metrics
             pending.append(pool.submit(_score_grids, case.id, grid_maps, grids, exp))
         return [row for future in pending for row in future.result()]
 
 
-def _score_grids(case_id: str, grid_maps: list[tuple[np.ndarray, np.ndarray, tuple[float, ...]]],
+def _score_grids(case_id: str, grid_maps: list[GridMaps],
                  grids: tuple[str, ...], exp: Experiment) -> list[Row]:
     rows: list[Row] = []
     for (pred, ref, spacing), grid in zip(grid_maps, grids):

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from vasseg.rundir import RunDir
 from vasseg.typed import ConfigError
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ class RunFolderBusy(ConfigError):
 
 def lock_path(run_dir: Path) -> Path:
     """``<out_dir>/.<run name>.lock``: the lock file of ``run_dir``."""
-    return run_dir.parent / f".{run_dir.name}.lock"
+    return RunDir(run_dir).lock
 
 
 @contextmanager

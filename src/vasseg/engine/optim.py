@@ -11,6 +11,7 @@ from torch import nn
 from vasseg.config import TrainConfig
 from vasseg.methods.base import OptimizerSpec
 from vasseg.methods.phases import Phase
+from vasseg.errors import ConfigError
 
 
 def make_optimizer(params: Iterable[nn.Parameter], spec: OptimizerSpec) -> torch.optim.Optimizer:
@@ -19,7 +20,7 @@ def make_optimizer(params: Iterable[nn.Parameter], spec: OptimizerSpec) -> torch
         return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
     if spec.name == "adam":
         return torch.optim.Adam(params, lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay)
-    raise ValueError(f"unknown optimizer {spec.name!r}; choose sgd or adam")
+    raise ConfigError(f"unknown optimizer {spec.name!r}; choose sgd or adam")
 
 
 def main_spec(train: TrainConfig) -> OptimizerSpec:

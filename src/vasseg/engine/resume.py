@@ -20,16 +20,16 @@ from vasseg.config import ConfigError, Experiment, load_config, to_dict
 from vasseg.data.format import get_format
 from vasseg.data.splits import Split, read_split
 from vasseg.identity import changed_settings
+from vasseg.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
-DATA_FILES = "data_files.json"
 NEAREST = 3  # run folders named when --resume finds nothing
 
 
 def check_resume(run_dir: Path, exp: Experiment, split: Split) -> None:
     """Refuse to resume ``run_dir`` with other settings or other data (module docstring)."""
-    saved = load_config(run_dir / "config.yaml")
+    saved = load_config(RunDir(run_dir).config)
     changed = changed_settings(to_dict(saved), to_dict(exp))
     if changed:
         raise ConfigError(f"{run_dir}: cannot resume with changed settings ({', '.join(changed[:5])}); "
@@ -67,7 +67,7 @@ def nearest_runs(exp: Experiment, out_dir: Path) -> list[tuple[Path, list[str]]]
 
 def _saved_config(folder: Path) -> dict[str, Any] | None:
     try:
-        raw = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))
+        raw = yaml.safe_load(RunDir(folder).config.read_text(encoding="utf-8"))
     except (OSError, ValueError, yaml.YAMLError):
         return None
     ok = isinstance(raw, dict) and all(isinstance(raw.get(s), dict) for s in ("method", "train"))
@@ -88,18 +88,19 @@ def case_sizes(exp: Experiment, split: Split) -> dict[str, int]:
 def record_data_files(run_dir: Path, exp: Experiment, split: Split) -> None:
     """``data_files.json``: the data root and each case's file size (compared when it moves)."""
     body = {"root": exp.data.root, "sizes": case_sizes(exp, split)}
-    (run_dir / DATA_FILES).write_text(json.dumps(body, indent=1))
+    RunDir(run_dir).data_files.write_text(json.dumps(body, indent=1))
 
 
 def check_same_data(run_dir: Path, exp: Experiment, split: Split, old_root: str) -> None:
     """Refuse a resume whose cases differ from the run's; a moved ``data.root`` is logged."""
-    if (run_dir / "split.yaml").is_file() and read_split(run_dir / "split.yaml") != split:
+    run = RunDir(run_dir)
+    if run.split.is_file() and read_split(run.split) != split:
         raise ConfigError(f"{run_dir}: cannot resume: the case split of {exp.data.root} differs from the run's "
                           f"split.yaml (was {exp.data.train_list} changed?)")
     if old_root == exp.data.root:
         return
     try:
-        recorded = json.loads((run_dir / DATA_FILES).read_text())["sizes"]
+        recorded = json.loads(run.data_files.read_text())["sizes"]
     except (OSError, ValueError, KeyError, TypeError):
         log.warning("data.root moved from %s to %s; the case ids match the run's split, file sizes were not "
                     "recorded (a run made before vasseg did); resuming", old_root, exp.data.root)

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from vasseg.atomic import WriteError, atomic_write_bytes
+from vasseg.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +36,10 @@ class ScalarLog:
     """Collects per-step scalars and writes them to ``scalars.jsonl`` (+ TensorBoard)."""
 
     def __init__(self, run_dir: Path, tensorboard: bool = True, enabled: bool = True) -> None:
-        self.path = run_dir / "scalars.jsonl"
+        self.path = RunDir(run_dir).scalars
         self.enabled = enabled
         self.pending: list[tuple[int, dict[str, Any]]] = []
-        self.writer = self._tensorboard(run_dir / "tb") if (tensorboard and enabled) else None
+        self.writer = self._tensorboard(RunDir(run_dir).tensorboard) if (tensorboard and enabled) else None
 
     @staticmethod
     def _tensorboard(folder: Path) -> Any:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vasseg.config import ConfigError, Experiment, dump_yaml, run_name
+from vasseg.config import ConfigError, Experiment, dump_yaml
 from vasseg.data.format import get_format
 from vasseg.data.setup import (  # noqa: F401 - the data half, re-exported
     DataBundle,
@@ -29,10 +29,10 @@ from vasseg.data.setup import (  # noqa: F401 - the data half, re-exported
     read_case,
 )
 from vasseg.data.splits import Split, write_split
-from vasseg.engine.checkpoint import latest_checkpoint
 from vasseg.engine.resume import check_resume, record_data_files
 from vasseg.methods import get_method
 from vasseg.methods.base import Method
+from vasseg.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -95,23 +95,27 @@ def build_method(exp: Experiment) -> Method:
 
 
 def run_dir_for(exp: Experiment) -> Path:
-    return Path(exp.run.out_dir).expanduser() / run_name(exp)
+    return RunDir.of(exp).path
 
 
 def has_checkpoint(run_dir: Path) -> bool:
     """Whether the run folder holds a checkpoint to resume (``latest``, else a step file)."""
-    return (run_dir / "checkpoints").is_dir() and latest_checkpoint(run_dir / "checkpoints") is not None
+    return RunDir(run_dir).has_checkpoint()
+
+
+def check_checkpoints(run: RunDir, resume: bool) -> None:
+    """A fresh training refuses a run folder that already has a checkpoint (``--resume`` continues it)."""
+    if not resume and run.has_checkpoint():
+        raise ConfigError(f"{run.path}: a run with this configuration already has checkpoints; "
+                          f"resume it with --resume or choose another run.name / run.out_dir")
 
 
 def prepare_run_dir(exp: Experiment, split: Split, resume: bool) -> Path:
     """Create the run folder and record the config, split and environment in it."""
-    run_dir = run_dir_for(exp)
-    if has_checkpoint(run_dir) and not resume:
-        raise ConfigError(
-            f"{run_dir}: a run with this configuration already has checkpoints; "
-            f"resume it with --resume or choose another run.name / run.out_dir"
-        )
-    if resume and (run_dir / "config.yaml").is_file():
+    run = RunDir.of(exp)
+    run_dir = run.path
+    check_checkpoints(run, resume)
+    if resume and run.config.is_file():
         check_resume(run_dir, exp, split)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -120,10 +124,10 @@ def prepare_run_dir(exp: Experiment, split: Split, resume: bool) -> Path:
         probe.unlink()
     except OSError as exc:
         raise ConfigError(f"{run_dir}: output folder is not writable ({exc.strerror or exc})") from None
-    (run_dir / "config.yaml").write_text(dump_yaml(exp))
-    write_split(split, run_dir / "split.yaml")
+    run.config.write_text(dump_yaml(exp))
+    write_split(split, run.split)
     record_data_files(run_dir, exp, split)
-    (run_dir / "env.json").write_text(json.dumps(environment(), indent=2))
+    run.env.write_text(json.dumps(environment(), indent=2))
     get_format(exp).record_run(run_dir)
     return run_dir
 

@@ -46,10 +46,12 @@ from vasseg.engine.checkpoint import (
     set_rng_state,
 )
 from vasseg.engine.optim import ema_decay, ema_update, main_spec, make_optimizer, phase_lr_factor, set_lr
-from vasseg.engine.precision import prepare_cpu_bf16
+from vasseg.inferer.precision import prepare_cpu_bf16
 from vasseg.engine.scalars import NonFiniteError, ScalarLog, detached
 from vasseg.engine.setup import autocast_dtype, use_channels_last
 from vasseg.engine.stopping import StopRequest
+from vasseg.errors import ConfigError, VassegError
+from vasseg.rundir import BEST, RunDir, step_file
 from vasseg.methods.base import Method
 from vasseg.methods.phases import PhaseAt, check_phases, locate
 from vasseg.methods.players import DISC, HANDOFF, LOSS, LOSS_D, MAIN
@@ -60,7 +62,7 @@ StepEndHook = Callable[["Trainer"], None]
 """Called after every step (after validation, before the checkpoint) with the trainer, on every rank."""
 
 
-class TrainingStopped(RuntimeError):
+class TrainingStopped(VassegError, RuntimeError):
     """Training cannot go on (non-finite values); the message says where and what to resume."""
 
 
@@ -77,7 +79,7 @@ class Trainer:
         self.exp, self.method, self.data, self.run_dir = exp, method, data, run_dir
         self.device, self.rank, self.world_size = device, rank, world_size
         self.is_main = rank == 0
-        self.ckpt_dir = run_dir / "checkpoints"
+        self.ckpt_dir = RunDir(run_dir).checkpoints
         self.step = 0
         self.best: dict[str, Any] = {"val_dice": -math.inf, "step": -1}
         self.nonfinite_skips = 0
@@ -89,7 +91,7 @@ class Trainer:
         check_phases(self.phases, exp.train.iterations, method.name)
         if world_size > 1 and exp.train.sync_bn:
             if device.type != "cuda":
-                raise ValueError("train.sync_bn: SyncBatchNorm needs CUDA devices (PyTorch has no CPU version)")
+                raise ConfigError("train.sync_bn: SyncBatchNorm needs CUDA devices (PyTorch has no CPU version)")
             distributed.convert_sync_bn(self.method)
         self.main_params = self.method.main_parameters()
         self.optimizers = self._build_optimizers()
@@ -160,7 +162,7 @@ class Trainer:
     def save(self, name: str | None = None) -> Path | None:
         if not self.is_main:
             return None
-        name = name or f"step_{self.step:06d}.pt"
+        name = name or step_file(self.step)
         path = save_checkpoint(self.ckpt_dir, name, self.state_dict(), point_latest=name.startswith("step_"))
         prune_checkpoints(self.ckpt_dir, self.exp.train.keep_checkpoints)
         return path
@@ -382,5 +384,5 @@ class Trainer:
         log.info("step %d: validation Dice %.4f", self.step, dice)
         if dice > self.best["val_dice"]:
             self.best = {"val_dice": dice, "step": self.step}
-            self.save("best.pt")
+            self.save(BEST)
         return values

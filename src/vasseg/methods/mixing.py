@@ -10,6 +10,7 @@ import math
 
 import torch
 from torch import Tensor
+from vasseg.errors import ConfigError
 
 Size3 = tuple[int, int, int]
 Box = tuple[slice, slice, slice]
@@ -23,7 +24,7 @@ def cube_mask(size: Size3, ratio: float, device: torch.device | str | None = Non
     """
     sides = [int(s * ratio) for s in size]
     if any(not 0 < c < s for c, s in zip(sides, size)):
-        raise ValueError(f"mask ratio {ratio} gives cube sides {sides} for a patch of {list(size)}")
+        raise ConfigError(f"mask ratio {ratio} gives cube sides {sides} for a patch of {list(size)}")
     starts = [int(torch.randint(0, s - c, ())) for s, c in zip(size, sides)]
     keep = torch.ones(size, dtype=torch.bool)
     keep[tuple(slice(a, a + c) for a, c in zip(starts, sides))] = False

@@ -18,6 +18,7 @@ from vasseg.report.document import Block, Heading, Paragraph, render_markdown
 from vasseg.report.features import parse_layer
 from vasseg.report.html import render_html
 from vasseg.report.sections import SECTIONS, SKIPPABLE, Context, ReportOptions, runs_overview
+from vasseg.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ def choose_reference(groups: list[Group], wanted: str | None) -> str:
     methods = [g.method for g in groups]
     if wanted:
         if wanted not in methods:
-            raise ValueError(f"--reference {wanted!r}: no run of that method (have: {', '.join(sorted(set(methods)))})")
+            raise ConfigError(f"--reference {wanted!r}: no run of that method (have: {', '.join(sorted(set(methods)))})")
         return wanted
     return "supervised" if "supervised" in methods else methods[0]
 
@@ -39,9 +40,9 @@ def check_options(options: ReportOptions) -> None:
     parse_layer(options.layer)
     unknown = sorted(set(options.skip) - set(SKIPPABLE))
     if unknown:
-        raise ValueError(f"--skip {','.join(unknown)}: choose from {', '.join(SKIPPABLE)}")
+        raise ConfigError(f"--skip {','.join(unknown)}: choose from {', '.join(SKIPPABLE)}")
     if options.slice_axis not in (0, 1, 2):
-        raise ValueError(f"--slice-axis {options.slice_axis}: choose 0, 1 or 2")
+        raise ConfigError(f"--slice-axis {options.slice_axis}: choose 0, 1 or 2")
 
 
 def make_context(paths: list[str | Path], out_dir: Path, options: ReportOptions) -> Context:

@@ -22,6 +22,8 @@ from typing import Any
 from vasseg.config import Experiment, load_config, to_dict
 from vasseg.data.splits import Split, read_split
 from vasseg.metrics.table import CaseRow, metric_columns
+from vasseg.rundir import CONFIG, RunDir
+from vasseg.errors import ConfigError, DataError, PathNotFound
 
 log = logging.getLogger(__name__)
 
@@ -119,19 +121,19 @@ def find_run_dirs(paths: list[str | Path]) -> list[Path]:
     for raw in paths:
         path = Path(raw).expanduser().resolve()
         if not path.is_dir():
-            raise FileNotFoundError(f"{path}: no such run folder")
+            raise PathNotFound(f"{path}: no such run folder")
         if _is_run(path):
             found.append(path)
             continue
-        below = sorted(p.parent for p in path.rglob("config.yaml") if _is_run(p.parent))
+        below = sorted(p.parent for p in path.rglob(CONFIG) if _is_run(p.parent))
         if not below:
-            raise FileNotFoundError(f"{path}: no run folder (config.yaml + split.yaml) in or under it")
+            raise PathNotFound(f"{path}: no run folder (config.yaml + split.yaml) in or under it")
         found += below
     return sorted(dict.fromkeys(found))
 
 
 def _is_run(path: Path) -> bool:
-    return (path / "config.yaml").is_file() and (path / "split.yaml").is_file()
+    return RunDir(path).is_run()
 
 
 def parse_eval_name(name: str) -> tuple[str, str]:
@@ -141,7 +143,7 @@ def parse_eval_name(name: str) -> tuple[str, str]:
         return match["split"], match["ckpt"]
     split, _, ckpt = name.rpartition("_")
     if not split:
-        raise ValueError(f"--eval {name!r}: expected <split>_<checkpoint>, e.g. val_last or test_step_006000")
+        raise ConfigError(f"--eval {name!r}: expected <split>_<checkpoint>, e.g. val_last or test_step_006000")
     return split, ckpt
 
 
@@ -151,14 +153,14 @@ def resolve_eval_dir(run_dir: Path, name: str) -> Path | None:
     ``vasseg evaluate --checkpoint last`` names its folder after the checkpoint file the ``latest``
     pointer resolved to, so "last" on disk is a step folder.
     """
-    exact = run_dir / "eval" / name
+    exact = RunDir(run_dir).eval_dir(name)
     if (exact / "cases.csv").is_file():
         return exact
     split, ckpt = parse_eval_name(name)
     if ckpt != "last":
         return None
     steps = []
-    for folder in (run_dir / "eval").glob(f"{split}_step_*"):
+    for folder in RunDir(run_dir).eval_dirs(f"{split}_step_*"):
         match = _STEP_EVAL.match(folder.name)
         if match and match["split"] == split and (folder / "cases.csv").is_file():
             steps.append((int(match["step"]), folder))
@@ -176,9 +178,12 @@ def read_cases_csv(path: Path) -> list[CaseRow]:
         required = ("case", "cls", "status", *columns)  # "grid": files written before it are read too
         missing = [c for c in required if c not in (reader.fieldnames or [])]
         if missing:
-            raise ValueError(f"{path}: missing columns {', '.join(missing)}")
-        return [CaseRow(case=r["case"], cls=int(r["cls"]), status=r["status"], grid=r.get("grid") or "",
-                        values={m: _float(r[m]) for m in columns}) for r in reader]
+            raise DataError(f"{path}: missing columns {', '.join(missing)}")
+        try:
+            return [CaseRow(case=r["case"], cls=int(r["cls"]), status=r["status"], grid=r.get("grid") or "",
+                            values={m: _float(r[m]) for m in columns}) for r in reader]
+        except (ValueError, TypeError) as exc:  # a cut or edited file: a number that is not one
+            raise DataError(f"{path}: line {reader.line_num}: {exc}") from None
 
 
 def _float(text: str) -> float:
@@ -188,14 +193,14 @@ def _float(text: str) -> float:
 def read_scalars(run_dir: Path) -> list[dict[str, Any]]:
     """The rows of ``scalars.jsonl``, or of ``scalars.jsonl.gz`` (how committed run folders keep
     it: benchmarks/compress_scalars.py), empty when the run logged none."""
-    path = run_dir / "scalars.jsonl"
-    if path.is_file():
-        text = path.read_text()
-    elif (packed := path.with_suffix(".jsonl.gz")).is_file():
+    run = RunDir(run_dir)
+    if run.scalars.is_file():
+        text = run.scalars.read_text()
+    elif (packed := run.packed_scalars).is_file():
         try:
             text = gzip.decompress(packed.read_bytes()).decode()
         except (OSError, EOFError, UnicodeDecodeError) as exc:
-            raise ValueError(f"{packed}: unreadable ({exc})") from None
+            raise DataError(f"{packed}: unreadable ({exc})") from None
     else:
         return []
     return [json.loads(line) for line in text.splitlines() if line.strip()]
@@ -212,14 +217,14 @@ def cases_file(eval_dir: Path, grid: str = "") -> Path:
 
 def load_record(run_dir: Path, eval_name: str, grid: str = "") -> RunRecord:
     """Config, split and (when present) the evaluation rows of one run folder."""
-    record = RunRecord(run_dir=run_dir, exp=load_config(run_dir / "config.yaml"),
-                       split=read_split(run_dir / "split.yaml"))
+    run = RunDir(run_dir)
+    record = RunRecord(run_dir=run_dir, exp=load_config(run.config), split=read_split(run.split))
     record.eval_dir = resolve_eval_dir(run_dir, eval_name)
     if record.eval_dir is not None:
         record.rows = read_cases_csv(cases_file(record.eval_dir, grid))
         found = {row.grid for row in record.rows} - {""}
         if grid and found and found != {grid}:
-            raise ValueError(f"{record.eval_dir}: no rows scored on the {grid} grid (have {', '.join(sorted(found))})")
+            raise DataError(f"{record.eval_dir}: no rows scored on the {grid} grid (have {', '.join(sorted(found))})")
     return record
 
 

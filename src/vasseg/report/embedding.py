@@ -17,6 +17,7 @@ import numpy as np
 
 from vasseg.report.features import FeatureSample
 from vasseg.report.style import class_color, figure, save
+from vasseg.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ def embedding_name(kind: str) -> str:
     """``auto`` resolves to ``umap`` when umap-learn imports, else ``tsne``."""
     if kind != "auto":
         if kind not in ("tsne", "umap"):
-            raise ValueError(f"--embedding {kind!r}: choose auto, tsne or umap")
+            raise ConfigError(f"--embedding {kind!r}: choose auto, tsne or umap")
         return kind
     try:
         import umap  # noqa: F401

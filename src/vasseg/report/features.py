@@ -27,6 +27,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vasseg.engine.trainer import Trainer
+from vasseg.rundir import RunDir
+from vasseg.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +43,7 @@ def parse_layer(spec: str) -> tuple[str, int]:
     """``"decoder:3"`` -> ``("decoder", 3)``; ValueError naming the valid choices."""
     match = re.fullmatch(r"(encoder|decoder):(\d)", spec.strip())
     if not match or int(match[2]) >= LAYER_COUNTS[match[1]]:
-        raise ValueError(f"--layer {spec!r}: choose encoder:0..4 or decoder:0..3")
+        raise ConfigError(f"--layer {spec!r}: choose encoder:0..4 or decoder:0..3")
     return match[1], int(match[2])
 
 
@@ -76,7 +78,7 @@ class FeatureSample:
 
 def crop_around_foreground(image: Tensor, label: Tensor | None, patch: tuple[int, ...]) -> tuple[Tensor, Tensor | None]:
     """A ``patch``-sized crop centred on the label's foreground box (zero-padded if needed)."""
-    from vasseg.engine.inference import pad_amounts, pad_volume
+    from vasseg.inferer.sliding import pad_amounts, pad_volume
 
     pads = pad_amounts(tuple(image.shape[1:]), patch)
     image = pad_volume(image, pads)
@@ -143,7 +145,7 @@ def collect_features(network: nn.Module, labeled: list[Any], unlabeled: list[Any
             feats, cls, predicted = case_features(network, image, label, part, per_class, rng, device)
             chunks.append((feats, cls, stream, case.id, predicted))
     if not chunks:
-        raise ValueError("no volumes to sample features from")
+        raise DataError("no volumes to sample features from")
     sample = FeatureSample(
         features=np.concatenate([c[0] for c in chunks]),
         cls=np.concatenate([c[1] for c in chunks]),
@@ -209,7 +211,7 @@ def save_snapshot(method: nn.Module, data: Any, exp: Any, step: int, out_dir: Pa
 def snapshot_hook(trainer: Trainer) -> None:
     """The trainer's step-end hook: a snapshot of the student at every step of ``run.feature_snapshots``."""
     if trainer.is_main and trainer.step in trainer.exp.run.feature_snapshots:
-        save_snapshot(trainer.method, trainer.data, trainer.exp, trainer.step, trainer.run_dir / "features",
+        save_snapshot(trainer.method, trainer.data, trainer.exp, trainer.step, RunDir(trainer.run_dir).features,
                       trainer.device)
         trainer.method.train()
 
@@ -224,7 +226,7 @@ def _unlabeled_cases(exp: Any, split: Any) -> list[Any]:
 def load_snapshots(run_dir: Path) -> list[tuple[int, FeatureSample]]:
     """``(step, sample)`` of every snapshot a run saved, by step."""
     out = []
-    for path in sorted((run_dir / "features").glob("step_*.npz")):
+    for path in sorted(RunDir(run_dir).features.glob("step_*.npz")):
         if path.name.endswith(".tmp.npz"):
             continue
         out.append((int(path.stem.split("_")[1]), FeatureSample.load(path)))

@@ -16,7 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from vasseg.report.collect import Group, RunRecord, run_checkpoint
+from vasseg.rundir import RunDir
 from vasseg.report.style import GT_COLOR, class_color, figure, save
+from vasseg.errors import PathNotFound
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +42,13 @@ class CaseView:
 
 
 def checkpoint_target(run: RunRecord) -> tuple[Path, str]:
-    """``(target, which)`` for :func:`vasseg.engine.loading.load_run`: the evaluated checkpoint."""
+    """``(target, which)`` for :func:`vasseg.inference.open.open_model`: the evaluated checkpoint."""
     checkpoint = run_checkpoint(run)
     if checkpoint in ("last", "best"):
         return run.run_dir, checkpoint
-    path = run.run_dir / "checkpoints" / f"{checkpoint}.pt"
+    path = RunDir(run.run_dir).named_checkpoint(checkpoint)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: the checkpoint the evaluation used is gone (pruned?)")
+        raise PathNotFound(f"{path}: the checkpoint the evaluation used is gone (pruned?)")
     return path, "last"
 
 
@@ -64,32 +66,33 @@ def image_on_label_grid(image: torch.Tensor, shape: tuple[int, ...]) -> np.ndarr
 
 def load_trained(run: RunRecord, device: torch.device, data_root: str | None = None):  # noqa: ANN201
     """The run's method with the evaluated checkpoint's weights (a ``LoadedRun``)."""
-    from vasseg.engine.loading import load_run
+    from vasseg.inference.open import open_model
 
     target, which = checkpoint_target(run)
-    return load_run(target, which, device, _overrides(data_root))
+    return open_model(target, which, device, _overrides(data_root))
 
 
 def predict_views(groups: list[Group], ids: list[str], device: torch.device,
                   data_root: str | None = None) -> list[CaseView]:
     """Reference and each group's prediction (its representative seed) of the cases ``ids``."""
     from vasseg.config import load_config
-    from vasseg.engine.evaluate import predict_case, reference_of
     from vasseg.data.setup import load_cases
+    from vasseg.inferer.inferer import Inferer
 
     first = groups[0].runs[0]
-    exp = load_config(first.run_dir / "config.yaml", _overrides(data_root))
+    exp = load_config(RunDir(first.run_dir).config, _overrides(data_root))
     cases = load_cases(exp, ids, progress=False)
     views = []
     for case in cases:
-        ref, spacing = reference_of(case, exp)
+        ref, spacing = Inferer(exp, device).reference(case)
         views.append(CaseView(case.id, image_on_label_grid(case.image, ref.shape), ref, spacing))
     unique = len({g.label for g in groups}) == len(groups)
     for g in groups:
         name = g.label if unique else f"{g.label} · {g.labeled} labeled"
         loaded = load_trained(g.representative, device, data_root)
+        inferer = Inferer(loaded.exp, device)
         for case, view in zip(cases, views):
-            view.preds[name], _ = predict_case(loaded.method, case, loaded.exp, device)
+            view.preds[name] = inferer.on_grid(inferer.probs(loaded.method, case.image), case)[0]
         del loaded  # one network in memory at a time
     return views
 

@@ -14,8 +14,10 @@ from typing import Any
 import torch
 
 from vasseg.report.collect import Group, RunRecord, run_checkpoint, seed_averaged
+from vasseg.rundir import RunDir
 from vasseg.report.document import Block, Figure, Heading, Paragraph, Table, write_csv
 from vasseg.report.features import DEFAULT_LAYER, MAX_CASES, MAX_POINTS, PER_CLASS
+from vasseg.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +204,7 @@ def pick_feature_groups(ctx: Context) -> list[Group]:
     wanted = [ctx.options.feature_run] if ctx.options.feature_run else ["vas"]
     run = next((g for g in groups if g.method in wanted and g is not base), None)
     if run is None and ctx.options.feature_run:
-        raise ValueError(f"--feature-run {ctx.options.feature_run!r}: no such method among the runs")
+        raise ConfigError(f"--feature-run {ctx.options.feature_run!r}: no such method among the runs")
     run = run or next((g for g in groups if g is not base and g.labeled == base.labeled), None)
     run = run or next((g for g in groups if g is not base), None)
     return [base] if run is None else [base, run]
@@ -276,7 +278,7 @@ def snapshots_section(ctx: Context) -> list[Block]:
     kind = embedding_name(ctx.options.embedding)
     rows, samples = [], []
     for g in ctx.groups:
-        with_snaps = [r for r in g.runs if any((r.run_dir / "features").glob("step_*.npz"))]
+        with_snaps = [r for r in g.runs if any(RunDir(r.run_dir).features.glob("step_*.npz"))]
         run = g.representative if g.representative in with_snaps else (with_snaps or [None])[0]
         snaps = load_snapshots(run.run_dir) if run is not None else []
         if snaps:

@@ -1,5 +1,5 @@
 """``vasseg sweep``: configs x seeds x overrides as concurrent trainings, with one progress bar
-and a summary table (``OUT/summary.md``). See :mod:`vasseg.engine.sweep`.
+and a summary table (``OUT/summary.md``). See :mod:`vasseg.sweep.runner`.
 
     vasseg sweep --configs configs/la_cpu/{supervised,mean_teacher,vas}_8.yaml --seeds 1337 1338 \\
         --out runs/sweep -- data.root=/data/LA
@@ -46,8 +46,10 @@ def parse_jobs(text: str) -> int | None:
 
 def val_dice(run_dir: Path) -> float | None:
     """Mean validation Dice (%) of ``run_dir/eval/val_last``, when the run evaluated one."""
+    from vasseg.rundir import VAL_LAST, RunDir
+
     try:
-        summary = json.loads((run_dir / "eval" / "val_last" / "summary.json").read_text())
+        summary = json.loads((RunDir(run_dir).eval_dir(VAL_LAST) / "summary.json").read_text())
         return 100.0 * summary["mean"]["dice"]["mean"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -77,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from vasseg.atomic import atomic_write_bytes
-    from vasseg.engine.sweep import Sweep, expand_jobs, finished_keys, job_key, uses_cuda
+    from vasseg.sweep.runner import Sweep, expand_jobs, finished_keys, job_key, uses_cuda
 
     log = logging.getLogger("vasseg.sweep")
     out = args.out.expanduser().resolve()
@@ -98,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         bar.n = done
         bar.set_postfix_str(status, refresh=True)
 
-    def finish(job) -> None:  # noqa: ANN001 - a vasseg.engine.sweep.Job
+    def finish(job) -> None:  # noqa: ANN001 - a vasseg.sweep.runner.Job
         status = "ok" if job.rc == 0 else f"FAILED (exit {job.rc}, log {job.log_path})"
         if not args.quiet:
             tqdm.write(f"{job.name}: {status} {job.wall_s:.0f} s", file=sys.stderr)

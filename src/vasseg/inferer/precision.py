@@ -24,6 +24,7 @@ from typing import Literal
 
 import torch
 from torch import Tensor
+from vasseg.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ def device_supports_bf16(device: torch.device) -> bool:
 def resolve_precision(spec: str, device: torch.device) -> torch.dtype:
     """``auto`` / ``fp32`` / ``bf16`` -> the compute dtype on ``device`` (float32 or bfloat16)."""
     if spec not in PRECISIONS:
-        raise ValueError(f"precision {spec!r}: choose one of {', '.join(PRECISIONS)}")
+        raise ConfigError(f"precision {spec!r}: choose one of {', '.join(PRECISIONS)}")
     if spec == "fp32":
         return torch.float32
     if spec == "bf16":

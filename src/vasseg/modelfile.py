@@ -35,9 +35,7 @@ from torch import nn
 from vasseg.atomic import atomic_write_bytes
 from vasseg.config import ConfigError, Experiment, apply_overrides, build_experiment, to_dict
 from vasseg.data.format import format_for_record
-from vasseg.engine.checkpoint import CheckpointError
-from vasseg.engine.loading import LoadedRun
-from vasseg.methods.base import Method
+from vasseg.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -87,13 +85,13 @@ def check_output(path: str | Path, dtype: str, overwrite: bool = True) -> Path:
     """Refuse a bad model-file path or dtype before any work; returns the path."""
     path = Path(path).expanduser()
     if dtype not in DTYPES:
-        raise ValueError(f"--dtype {dtype!r}: choose {', '.join(DTYPES)}")
+        raise ConfigError(f"--dtype {dtype!r}: choose {', '.join(DTYPES)}")
     if path.suffix != SUFFIX:
-        raise ValueError(f"{path}: a model file must end in {SUFFIX}")
+        raise ConfigError(f"{path}: a model file must end in {SUFFIX}")
     if not path.parent.is_dir():
-        raise ValueError(f"{path}: output directory {path.parent} does not exist")
+        raise ConfigError(f"{path}: output directory {path.parent} does not exist")
     if path.exists() and not overwrite:
-        raise ValueError(f"{path}: already exists; pass --overwrite to replace")
+        raise ConfigError(f"{path}: already exists; pass --overwrite to replace")
     return path
 
 
@@ -117,23 +115,6 @@ def write_model_file(path: str | Path, exp: Experiment, network: nn.Module, prep
         atomic_write_bytes(path, lambda fh: fh.write(blob))
     except OSError as exc:
         raise ModelFileError(f"{path}: could not write the model file ({exc.strerror or exc})") from None
-    return path
-
-
-def export_run(target: str | Path, out: str | Path, checkpoint: str = "last", dtype: str = "fp16",
-               overwrite: bool = False) -> Path:
-    """Export the inference network of a run folder (or checkpoint) to the model file ``out``."""
-    from vasseg.classes import class_names
-    from vasseg.engine.loading import load_run
-    from vasseg.engine.predict import preprocessing_for_run
-
-    check_output(out, dtype, overwrite)
-    loaded = load_run(target, checkpoint, "cpu")
-    prep = preprocessing_for_run(loaded.exp, loaded.run_dir)
-    names = prep.get("class_names") or class_names(loaded.exp)
-    info = {"step": loaded.step, "method": loaded.exp.method.name, "checkpoint": loaded.checkpoint.name}
-    path = write_model_file(out, loaded.exp, loaded.method.inference_network(), prep, names, dtype, info)
-    log.info("exported %s (step %d, %s weights) to %s", loaded.checkpoint, loaded.step, dtype, path)
     return path
 
 
@@ -230,64 +211,3 @@ def load_weights(network: nn.Module, weights: dict[str, torch.Tensor], path: Pat
     except RuntimeError as exc:
         detail = " ".join(str(exc).split())[:200] or type(exc).__name__
         raise ModelFileError(f"{path}: weights do not fit the network ({detail})") from None
-
-
-def load_model_file(path: str | Path, device: str | torch.device = "cpu", overrides: Sequence[str] = (),
-                    which: str = "last") -> tuple[LoadedRun, ModelFile]:
-    """The method of a model file with its weights, in eval mode on ``device``.
-
-    The ``LoadedRun`` (what evaluation uses) names the file as its checkpoint and the file's
-    folder as its run folder (``evaluate`` writes ``<folder>/eval/<split>_<file stem>``). A model
-    file holds one set of weights: ``which`` (``--checkpoint``) other than ``last`` is refused.
-    """
-    from vasseg.engine.setup import build_method
-
-    if which != "last":
-        raise ConfigError(f"--checkpoint {which}: {path} is a model file with one set of weights; "
-                          f"--checkpoint chooses among a run folder's checkpoints")
-    model_file = read_model_file(path, overrides)
-    method = build_method(model_file.exp)
-    load_weights(method.inference_network(), model_file.weights, model_file.path)
-    method.to(torch.device(device)).eval()
-    loaded = LoadedRun(exp=model_file.exp, method=method, checkpoint=model_file.path,
-                       run_dir=model_file.path.parent, step=model_file.step)
-    return loaded, model_file
-
-
-# --------------------------------------------------------------------------- fine-tuning
-
-
-def student_weights(path: Path) -> tuple[dict[str, torch.Tensor], str]:
-    """The student network's weights in a model file, checkpoint or run folder, and what they are."""
-    from vasseg.engine.checkpoint import load_checkpoint
-    from vasseg.engine.loading import locate
-
-    if is_model_file(path):
-        model_file = read_model_file(path)
-        return model_file.weights, f"model file (step {model_file.step}, {model_file.info.get('method')})"
-    _, ckpt = locate(path)
-    state = load_checkpoint(ckpt)
-    prefix = "student."
-    weights = {k[len(prefix):]: v for k, v in state["method"].items() if k.startswith(prefix)}
-    if not weights:
-        raise CheckpointError(f"{ckpt}: the checkpoint holds no student weights")
-    return weights, f"checkpoint {ckpt} (step {state.get('step', '?')})"
-
-
-def init_student(method: Method, source: str | Path) -> None:
-    """``train.init_from``: the student (and its EMA teachers) start from ``source``'s weights.
-
-    Only network weights are taken: optimizers, schedules, the sampler, discriminators and heads
-    start fresh, and the step starts at 0.
-    """
-    path = Path(source).expanduser()
-    if not path.exists():
-        raise ConfigError(f"train.init_from: {path} not found (a model file, checkpoint or run folder)")
-    weights, what = student_weights(path)
-    student = method.inference_network()
-    load_weights(student, weights, path)
-    for teacher, followed in method.ema_pairs():
-        if followed is student:  # a mean teacher starts where its student starts
-            teacher.load_state_dict(student.state_dict())
-    log.info("train.init_from: student weights from %s (%s); optimizer, schedule and other networks start "
-             "fresh at step 0", path, what)

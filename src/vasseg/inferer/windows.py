@@ -4,7 +4,7 @@ overlap, or the whole volume at once.
 Modes (:class:`Windows`):
 
 - ``stride``: the lineage's windows at an explicit stride (in the model's voxels), probabilities
-  averaged (:func:`vasseg.engine.inference.sliding_window_probs`). ``vasseg evaluate`` and
+  averaged (:func:`vasseg.inferer.sliding.sliding_window_probs`). ``vasseg evaluate`` and
   ``vasseg predict`` use it with ``eval.stride`` (the paper protocol) unless told otherwise.
 - ``overlap``: nnU-Net's sliding window. Along each axis ``n = ceil((dim - patch) / (patch * (1 -
   overlap))) + 1`` windows spread evenly (``round(j * (dim - patch) / (n - 1))``, the last one flush
@@ -29,7 +29,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from vasseg.engine.inference import (
+from vasseg.inferer.sliding import (
     Predictor,
     Triple,
     accumulate_windows,
@@ -38,7 +38,8 @@ from vasseg.engine.inference import (
     pad_volume,
     sliding_window_probs,
 )
-from vasseg.engine.precision import describe_precision, with_precision
+from vasseg.inferer.precision import describe_precision, with_precision
+from vasseg.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +69,11 @@ class Windows:
 
     def __post_init__(self) -> None:
         if self.mode not in ("stride", "overlap", "whole"):
-            raise ValueError(f"window mode {self.mode!r}: choose stride, overlap or whole")
+            raise ConfigError(f"window mode {self.mode!r}: choose stride, overlap or whole")
         if not 0.0 <= self.overlap < 1.0:
-            raise ValueError(f"--overlap {self.overlap:g}: must lie in [0, 1)")
+            raise ConfigError(f"--overlap {self.overlap:g}: must lie in [0, 1)")
         if self.stride is not None and (len(self.stride) != 3 or any(int(s) < 1 for s in self.stride)):
-            raise ValueError(f"--stride {tuple(self.stride)}: must be three positive integers")
+            raise ConfigError(f"--stride {tuple(self.stride)}: must be three positive integers")
 
     def describe(self, default_stride: Triple) -> str:
         """One phrase for logs and reports, e.g. ``overlap 0.5, Gaussian weighting``."""
@@ -101,7 +102,7 @@ def windows_from_options(window: str | None, stride: Triple | None, overlap: flo
                          default: Windows) -> Windows:
     """The windows of the CLI flags ``--window``, ``--stride``, ``--overlap`` (None: not given)."""
     if stride is not None and overlap is not None:
-        raise ValueError("--stride and --overlap: give one of them")
+        raise ConfigError("--stride and --overlap: give one of them")
     stride_t = tuple(int(s) for s in stride) if stride is not None else None
     frac = 0.5 if overlap is None else float(overlap)
     if window == "whole":
@@ -113,7 +114,7 @@ def windows_from_options(window: str | None, stride: Triple | None, overlap: flo
     if window == "sliding":
         return default if default.mode != "whole" else Windows("overlap", overlap=frac)
     if window is not None:
-        raise ValueError(f"--window {window!r}: choose sliding or whole")
+        raise ConfigError(f"--window {window!r}: choose sliding or whole")
     return default
 
 

@@ -11,9 +11,11 @@ import torch
 from torch import nn
 
 from vasseg.data.synthetic import make_phantom
-from vasseg.engine import windows as win
-from vasseg.engine.inference import make_predictor, sliding_window_probs
-from vasseg.engine.windows import (
+from vasseg.inferer import windows as win
+from vasseg.inferer.sliding import sliding_window_probs
+
+from tests.windowtools import make_predictor
+from vasseg.inferer.windows import (
     Windows,
     gaussian_1d,
     gaussian_probs,
@@ -136,7 +138,7 @@ def test_whole_falls_back_to_windows_when_memory_is_short(monkeypatch, caplog):
     image = torch.randn(1, 50, 41, 30)
     predict = make_predictor(phantom_segmenter())
     monkeypatch.setattr(win, "free_memory", lambda device: 1024)
-    with caplog.at_level(logging.WARNING, logger="vasseg.engine.windows"):
+    with caplog.at_level(logging.WARNING, logger="vasseg.inferer.windows"):
         fallback = infer_probs(predict, image, PATCH, Windows("whole"), (8, 8, 8), num_classes=2)
     assert "using windows" in caplog.text
     assert torch.equal(fallback, gaussian_probs(predict, image, PATCH, 0.5, num_classes=2))

@@ -35,7 +35,8 @@ import torch
 from tqdm import tqdm
 
 from vasseg.atomic import atomic_write_bytes
-from vasseg.engine.windows import Windows
+from vasseg.inferer.windows import Windows
+from vasseg.errors import ConfigError, VassegError, is_user_error
 from vasseg.io import (
     HDF5_SUFFIXES,
     NIFTI_SUFFIXES,
@@ -45,10 +46,11 @@ from vasseg.io import (
     check_parent_folder,
     write_label_nifti,
 )
+from vasseg.inference.geometry import Geometry, state_geometry
 from vasseg.outfolder import Owner, add_to_marker, check_folder
 
 if TYPE_CHECKING:
-    from vasseg.api import Model, Prediction
+    from vasseg.inference.model import Model, Prediction
 
 log = logging.getLogger(__name__)
 
@@ -56,15 +58,12 @@ IMAGE_SUFFIXES = NIFTI_SUFFIXES + HDF5_SUFFIXES
 # Extensions that make an output name a file, not a folder (a typo'd label map would become one).
 FILE_SUFFIXES = frozenset({".txt", ".gz", ".h5", ".hdf5", ".npz", ".npy", ".nrrd", ".mha", ".mhd", ".mgz", ".png",
                            ".jpg", ".csv", ".json", ".yaml", ".yml", ".zip", ".pt", ".safetensors", ".dcm"})
-# A case's own failure: bad file or geometry (ValueError covers ImageIOError and DataError),
-# a write error, a volume too large for the device. Anything else is a bug and stops the command.
-CASE_ERRORS = (ValueError, OSError, torch.OutOfMemoryError)
 # An output folder: its label maps and probabilities (vasseg.outfolder: the overwrite rule). A folder
 # of NIfTI files without predict's marker is never taken for predict's output: it may hold scans.
 PREDICT_OUTPUT = Owner("predict", ("*.nii.gz", "*.nii", "*.npz"), legacy=False)
 
 
-class PredictionFailed(ValueError):
+class PredictionFailed(VassegError, ValueError):
     """Some cases could not be segmented (the others were written); one line listing them."""
 
 
@@ -227,45 +226,10 @@ def check_jobs(jobs: list[Job], overwrite: bool) -> None:
 # --------------------------------------------------------------------------- geometry
 
 
-@dataclass(frozen=True)
-class Geometry:
-    """Where ``.h5`` inputs (which carry no geometry) get their affine from."""
-
-    reference: Path | None = None
-    spacing: tuple[float, float, float] | None = None
-
-    def apply(self, volume: Volume, name: str) -> Volume:
-        """``volume`` with the reference's affine and header when it is an ``.h5`` input."""
-        if volume.header is not None or self.reference is None:
-            return volume
-        ref = self._reference_for(name)
-        import nibabel as nib
-
-        try:
-            img = nib.load(str(ref))
-        except Exception as exc:  # noqa: BLE001 - nibabel raises many types on foreign files
-            raise ImageIOError(f"{ref}: cannot read reference NIfTI ({type(exc).__name__}: {exc})") from None
-        if tuple(img.shape[:3]) != volume.image.shape:
-            raise ImageIOError(f"{ref}: reference shape {tuple(img.shape[:3])} differs from the image "
-                               f"{volume.source}'s {volume.image.shape}")
-        zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
-        return dataclasses.replace(volume, affine=np.asarray(img.affine, dtype=np.float64),
-                                   spacing=(zooms[0], zooms[1], zooms[2]), header=img.header)
-
-    def _reference_for(self, name: str) -> Path:
-        assert self.reference is not None
-        if not self.reference.is_dir():
-            return self.reference
-        for suffix in NIFTI_SUFFIXES:
-            if (self.reference / f"{name}{suffix}").is_file():
-                return self.reference / f"{name}{suffix}"
-        raise ImageIOError(f"{self.reference}: no reference {name}.nii.gz or {name}.nii in this folder")
-
-
 def make_geometry(options: PredictOptions, jobs: list[Job]) -> Geometry:
     """Validate ``--reference`` / ``--spacing`` (before the model is loaded)."""
     if options.reference and options.spacing:
-        raise ValueError("--reference and --spacing: give one of them")
+        raise ConfigError("--reference and --spacing: give one of them")
     reference = Path(options.reference).expanduser() if options.reference else None
     if reference is not None and not reference.exists():
         raise ImageIOError(f"{reference}: reference image not found")
@@ -274,27 +238,13 @@ def make_geometry(options: PredictOptions, jobs: list[Job]) -> Geometry:
     return Geometry(reference, options.spacing)
 
 
-def state_geometry(geometry: Geometry, jobs: list[Job], default_spacing: tuple[float, ...]) -> None:
-    """Say in the log which geometry ``.h5`` inputs get (and that NIfTI inputs keep theirs)."""
-    h5 = [j.source for j in jobs if j.source.name.lower().endswith(HDF5_SUFFIXES)]
-    if (geometry.reference or geometry.spacing) and len(h5) < len(jobs):
-        log.warning("--reference / --spacing apply to .h5 inputs only; NIfTI inputs keep their own geometry")
-    if h5 and geometry.reference is None:
-        spacing = geometry.spacing or tuple(default_spacing)
-        source = "--spacing" if geometry.spacing else "the model's data.spacing"
-        what = h5[0].name if len(h5) == 1 else f"{len(h5)} .h5 inputs"
-        log.info("%s: .h5 files carry no geometry; the label map gets affine diag(%s, 1) (%s, mm, origin 0, "
-                 "axes as stored); pass --reference IMAGE.nii.gz or --spacing X Y Z for real geometry",
-                 what, ", ".join(f"{s:g}" for s in spacing), source)
-
-
 # --------------------------------------------------------------------------- running
 
 
 def predict_paths(model: str | Path | Model, input_spec: str | Path, output: str | Path,
                   options: PredictOptions = PredictOptions()) -> PredictResult:
     """Segment every image INPUT names into OUTPUT with one model load (see the module docstring)."""
-    from vasseg.api import Model, load_model
+    from vasseg.inference.model import Model, load_model
     from vasseg.engine.setup import select_device
 
     device = select_device(options.device, "--device")  # before any work: a bad spec is one line
@@ -309,7 +259,7 @@ def predict_paths(model: str | Path | Model, input_spec: str | Path, output: str
     elif options.precision or options.windows:
         model = dataclasses.replace(model, **_inference_options(options))
         log.info("%s", model.describe_inference())
-    state_geometry(geometry, jobs, model.exp.data.spacing)
+    state_geometry(geometry, [job.source for job in jobs], model.exp.data.spacing)
     folder = None if is_label_file(Path(output)) else Path(output).expanduser()
     created = folder is not None and not folder.exists()
     if created:
@@ -353,18 +303,26 @@ def run_jobs(model: Model, jobs: list[Job], geometry: Geometry, options: Predict
                 pred = model.predict_volume(volume, options.save_probabilities, options.tta, image)
                 del image
                 writes.append((job, writer.submit(write_job, job, volume, pred, model)))
-            except CASE_ERRORS as exc:
+            except Exception as exc:  # noqa: BLE001 - a bug is re-raised by _failed
                 _failed(result, job, exc, len(jobs))
         for job, future in writes:
             try:
                 future.result()
                 result.written.append(job.labels)
-            except CASE_ERRORS as exc:
+            except Exception as exc:  # noqa: BLE001 - a bug is re-raised by _failed
                 _failed(result, job, exc, len(jobs))
     return result
 
 
-def _failed(result: PredictResult, job: Job, exc: BaseException, total: int) -> None:
+def is_case_error(exc: BaseException) -> bool:
+    """A case's own failure (bad file or geometry, a write error, a volume too large for the device):
+    the case is skipped. Anything else is a bug in vasseg and stops the command."""
+    return is_user_error(exc) or isinstance(exc, torch.OutOfMemoryError)
+
+
+def _failed(result: PredictResult, job: Job, exc: Exception, total: int) -> None:
+    if not is_case_error(exc):
+        raise exc
     if total > 1:
         log.error("%s", _reason(job.source, exc))
     result.failed.append((job.source, exc))
@@ -396,3 +354,11 @@ def write_probabilities(path: Path, probs: np.ndarray, class_names: tuple[str, .
     except OSError as exc:
         raise ImageIOError(f"{path}: cannot write probabilities ({exc.strerror or exc})") from None
     return path
+
+
+def predict_file(target: str | Path, input_path: str | Path, output_path: str | Path,
+                 checkpoint: str = "last", device: str = "auto", progress: bool = True) -> Path:
+    """Segment one image (NIfTI or LA h5) with a run, checkpoint or model file; write ``output_path``."""
+    options = PredictOptions(checkpoint=checkpoint, device=device, progress=progress)
+    result = predict_paths(target, input_path, output_path, options)
+    return result.written[0]

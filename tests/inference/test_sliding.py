@@ -9,18 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from vasseg.engine.inference import (
-    coverage_counts,
-    labels_from_probs,
-    make_predictor,
-    pad_amounts,
-    predict_volume,
-    probs_from_logits,
-    resize_probs,
-    sliding_window_probs,
-    window_grid,
-    window_starts,
-)
+from vasseg.inferer.sliding import coverage_counts, pad_amounts, sliding_window_probs, window_grid, window_starts
+from vasseg.models.outputs import probs_from_logits
+
+from tests.windowtools import labels_from_probs, make_predictor, predict_volume, resize_probs
 
 
 def tiny_model(in_channels: int = 1, num_classes: int = 3, seed: int = 0) -> nn.Module:

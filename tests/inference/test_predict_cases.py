@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from vasseg.cli import main
-from vasseg.engine.predict import TTA_FLIPS, flip_tta
-from vasseg.engine.predict_cases import case_names, find_inputs
+from vasseg.inferer.inferer import TTA_FLIPS, flip_tta
+from vasseg.inference.predict import case_names, find_inputs
 
 from tests.clitools import cli_error
 from tests.trained import phantom_h5, phantom_nifti, trained_run

@@ -12,8 +12,8 @@ import yaml
 
 from tests.conftest import tiny_raw
 from vasseg.config import ConfigError
-from vasseg.engine.sweep import expand_jobs, fill_count, last_step, vary_grid
-from vasseg.engine.sweep_cli import parse_jobs
+from vasseg.sweep.runner import expand_jobs, fill_count, last_step, vary_grid
+from vasseg.sweep.cli import parse_jobs
 
 
 def _config(phantom_root: Path, folder: Path, method: str, **data) -> Path:
@@ -64,7 +64,7 @@ def test_the_weights_file_of_a_sweep_run_evaluates_like_its_checkpoint(phantom_r
                   "train.device=cpu")
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run,) = [Path(json.loads(line)["run_dir"]) for line in (out / "sweep.jsonl").read_text().splitlines()]
-    from vasseg.engine.run import evaluate_run
+    from vasseg.inference.evaluate import evaluate_run
 
     evaluate_run(run, "test", out=tmp_path / "a", progress=False)
     evaluate_run(run / "model.safetensors", "test", out=tmp_path / "b", progress=False)
@@ -111,7 +111,7 @@ def test_a_bad_config_stops_the_sweep_before_any_run(phantom_root: Path, tmp_pat
 
 
 def test_auto_concurrency_fills_the_gpu_after_measuring_the_first_run(monkeypatch, tmp_path: Path) -> None:
-    import vasseg.engine.sweep as sweep
+    import vasseg.sweep.runner as sweep
 
     jobs = [sweep.Job("c.yaml", s, None, [], tmp_path / f"r{s}", 10, f"r{s}") for s in range(6)]
     jobs[0].phase = "train"
@@ -128,7 +128,7 @@ def test_auto_concurrency_fills_the_gpu_after_measuring_the_first_run(monkeypatc
 
 
 def test_nvidia_smi_non_numbers_read_as_unknown(monkeypatch) -> None:
-    import vasseg.engine.sweep as sweep
+    import vasseg.sweep.runner as sweep
 
     monkeypatch.setattr(sweep, "_nvidia_smi", lambda *q: [["[N/A]"]])
     assert sweep.gpu_free_mib() is None

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from vasseg.engine import precision
-from vasseg.engine.precision import (
+from vasseg.inferer import precision
+from vasseg.inferer.precision import (
     TinyFp32Conv3d,
     cpu_bf16_reason,
     cpu_flags,
@@ -110,7 +110,7 @@ def run(tmp_path_factory: pytest.TempPathFactory, phantom_root: Path) -> Path:
 def test_bf16_inference_matches_fp32(run: Path, phantom_root: Path) -> None:
     """bf16 against fp32 on a phantom, both window modes: probabilities within 0.05, labels Dice >= 0.98."""
     import vasseg
-    from vasseg.engine.windows import Windows
+    from vasseg.inferer.windows import Windows
 
     model = vasseg.load_model(run, device="cpu", precision="fp32")
     assert model.dtype == torch.float32
@@ -130,7 +130,7 @@ def test_bf16_training_on_cpu_stays_finite(tiny, method: str, caplog: pytest.Log
     """train.amp=bf16 on the CPU: every logged term finite, VAS's GAN and BYOL terms included."""
     from vasseg.engine.run import train_experiment
 
-    with caplog.at_level(logging.INFO, logger="vasseg.engine.precision"):
+    with caplog.at_level(logging.INFO, logger="vasseg.inferer.precision"):
         run_dir = train_experiment(tiny(method, train={"amp": "bf16", "iterations": 3}, data={"num_val": 0}))
     rows = [json.loads(line) for line in (run_dir / "scalars.jsonl").read_text().splitlines() if line]
     assert [r["step"] for r in rows] == [0, 1, 2]

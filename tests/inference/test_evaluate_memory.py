@@ -13,7 +13,7 @@ import torch
 
 import vasseg.data.la as la
 from vasseg.data.synthetic import write_phantom_la_layout
-from vasseg.engine.run import evaluate_run
+from vasseg.inference.evaluate import evaluate_run
 
 
 def test_evaluate_holds_at_most_two_cases_at_once(trained: Path, tmp_path: Path, monkeypatch) -> None:

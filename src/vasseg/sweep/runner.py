@@ -34,13 +34,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from vasseg.config import ConfigError, load_config, run_name
+from vasseg.config import ConfigError, load_config
+from vasseg.errors import CheckpointError
+from vasseg.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
 MEMORY_MARGIN = 1.15  # a run's GPU memory grows a little after its first logged steps
 AUTO_CUDA_MAX = 3  # runs at once that `--jobs auto` starts on one GPU
-WEIGHTS_FILE = "model.safetensors"
 
 
 @dataclass
@@ -95,7 +96,7 @@ def expand_jobs(configs: Sequence[str], seeds: Sequence[int], out: Path, overrid
             for config in configs:
                 extra = ([f"data.fold={fold}"] if fold is not None else []) + varied + list(overrides)
                 exp = load_config(config, [f"train.seed={seed}", f"run.out_dir={out}", *extra])
-                run_dir = out / run_name(exp)
+                run_dir = out / RunDir.of(exp).name
                 if run_dir in seen:
                     raise ConfigError(f"{config} and {seen[run_dir]}: two jobs would train the same run "
                                       f"({run_dir.name}); give them different seeds or overrides")
@@ -185,11 +186,8 @@ def child_env(jobs_at_once: int) -> dict[str, str]:
 
 def _has_checkpoint(run_dir: Path) -> bool:
     """Whether ``--resume`` has something to continue; a damaged pointer is the training's to report."""
-    from vasseg.engine.checkpoint import CheckpointError
-    from vasseg.engine.setup import has_checkpoint
-
     try:
-        return has_checkpoint(run_dir)
+        return RunDir(run_dir).has_checkpoint()
     except CheckpointError:
         return True
 
@@ -205,7 +203,7 @@ def start_train(job: Job, out: Path, resume: bool, env: dict[str, str]) -> None:
 
 
 def start_export(job: Job, dtype: str, env: dict[str, str]) -> None:
-    cmd = [sys.executable, "-m", "vasseg", "export", "--quiet", str(job.run_dir), str(job.run_dir / WEIGHTS_FILE),
+    cmd = [sys.executable, "-m", "vasseg", "export", "--quiet", str(job.run_dir), str(RunDir(job.run_dir).model_file),
            "--dtype", dtype, "--overwrite"]
     with job.log_path.open("a") as fh:
         job.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=fh, env=env, start_new_session=True)
@@ -214,7 +212,7 @@ def start_export(job: Job, dtype: str, env: dict[str, str]) -> None:
 
 def last_step(run_dir: Path) -> int:
     """The last step a run logged to ``scalars.jsonl`` (0 before its first), read from the end."""
-    path = run_dir / "scalars.jsonl"
+    path = RunDir(run_dir).scalars
     try:
         with path.open("rb") as fh:
             fh.seek(max(0, path.stat().st_size - 4096))
@@ -320,7 +318,7 @@ class Sweep:
                     start_export(job, self.export, child_env(1))
                     continue
             elif rc == 0:
-                job.extra["weights"] = str(job.run_dir / WEIGHTS_FILE)
+                job.extra["weights"] = str(RunDir(job.run_dir).model_file)
             else:  # the training stands; `vasseg export RUN` can be rerun by hand
                 log.warning("%s: exporting the weights failed (exit %d, see %s)", job.name, rc, job.log_path)
             job.phase = "done"
