@@ -5,7 +5,8 @@
 
 ``modes``: the lineage's full-resolution VNet (112x112x80 patch, filters 16, random weights: the
 time does not depend on them) on real LA images (``--data``, z-scored, their own shapes), each
-(mode, precision) once per case, the order rotating from case to case. A first, untimed case
+(mode, precision) once per case, the order rotating from case to case. Modes: ``stride`` (the
+dense 18x18x4), ``stride2x`` (36x36x8), ``overlap`` (0.5), ``overlap0.75``, ``whole``. A first, untimed case
 warms the kernels up (not for ``stride``, the dense 18x18x4, whose 30-60 windows per case
 amortise them; tens of seconds per case: give it its own run); a new shape still costs oneDNN a
 kernel set in ``whole`` mode, and that cost is in the numbers (every case of a real dataset has
@@ -37,7 +38,9 @@ from vasseg.engine.windows import Windows, infer_probs
 from vasseg.models.vnet import VNet
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "LA"
-MODES = {"stride": Windows("stride"), "overlap": Windows("overlap", overlap=0.5), "whole": Windows("whole")}
+MODES = {"stride": Windows("stride"), "stride2x": Windows("stride", (36, 36, 8)),
+         "overlap": Windows("overlap", overlap=0.5), "overlap0.75": Windows("overlap", overlap=0.75),
+         "whole": Windows("whole")}
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
