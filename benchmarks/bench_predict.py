@@ -66,7 +66,7 @@ def run_modes(args: argparse.Namespace) -> None:
     predict = make_predictor(net)
     combos = [(m, p) for m in args.modes.split(",") for p in args.precisions.split(",")]
     patch, stride = (112, 112, 80), (18, 18, 4)
-    warm, *cases = la_images(Path(args.data), args.cases + 1)
+    warm, *cases = la_images(Path(args.data), args.cases + 1, args.skip)
     for mode, prec in [c for c in combos if c[0] != "stride"]:  # untimed: the window shapes' kernels once
         infer_probs(predict, warm[1], patch, MODES[mode], stride, 2, args.batch, dtype=PRECISIONS[prec],
                     channels_last=args.channels_last)
@@ -134,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("what", choices=("modes", "monai"))
     parser.add_argument("--data", default=str(DATA), help="the LA dataset folder")
     parser.add_argument("--cases", type=int, default=3)
+    parser.add_argument("--skip", type=int, default=0, help="modes: start after this many train.list ids "
+                        "(split a long measurement into short runs)")
     parser.add_argument("--modes", default="overlap,whole")
     parser.add_argument("--precisions", default="fp32,bf16")
     parser.add_argument("--repeats", type=int, default=3, help="monai: rounds over the cases")

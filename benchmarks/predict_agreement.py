@@ -14,7 +14,7 @@ the dense fp32 foreground probability lies in [0.25, 0.75] (the model's uncertai
 Long measurements go in chunks: ``--json OUT --resume`` skips the cases OUT already holds and
 appends; ``--budget-s S`` starts no new case once the next one would likely end after S seconds;
 ``--cases N`` then counts the cases measured in this call. ``--summary`` prints the table of a
-finished JSON without the model. Printed: per (mode, precision) the agreement with dense fp32
+finished JSON (or ``.json.gz``) without the model. Printed: per (mode, precision) the agreement with dense fp32
 (median, mean, min, and the mean over the cases the dense model segments, Dice > 0.5), the mean
 Dice against the ground truth, its paired difference to dense fp32 with a 95 % bootstrap interval
 and the Wilcoxon p (:mod:`vasseg.report.stats`), and whether the mode passes issue 28's bar
@@ -25,6 +25,7 @@ Nothing is written into RUN.
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import math
 import statistics
@@ -51,6 +52,7 @@ UNCERTAIN = (0.25, 0.75)  # dense fp32 foreground probability counted as the mod
 # Wilcoxon test does not find it (p >= ALPHA) and its 95 % bootstrap interval stays above -MARGIN.
 AGREEMENT, ALPHA, MARGIN = 0.98, 0.05, 0.005
 SEGMENTED = 0.5  # cases whose dense fp32 Dice vs the ground truth exceeds this: "the model segments them"
+GOOD = 0.85  # --per-case: the cases the model segments well
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,9 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="skip the cases --json already holds, append")
     parser.add_argument("--budget-s", type=float, default=0.0, help="start no case likely to end after S seconds")
     parser.add_argument("--summary", metavar="JSON", help="print the table of a written JSON and stop")
+    parser.add_argument("--per-case", choices=tuple(PRECISIONS), help="--summary: also a per-case table of "
+                        "this precision (Dice vs ground truth / agreement with dense fp32)")
     args = parser.parse_args(argv)
     if args.summary:
-        print(table(json.loads(Path(args.summary).read_text())))
+        raw = Path(args.summary).read_bytes()
+        doc = json.loads(gzip.decompress(raw) if args.summary.endswith(".gz") else raw)
+        print(table(doc) + ("\n\n" + per_case(doc, args.per_case) if args.per_case else ""))
         return 0
     if not args.run:
         parser.error("give a RUN folder or --summary JSON")
@@ -211,6 +217,34 @@ def table(doc: dict) -> str:
             f"{100 * s['diff_mean']:+.2f} pp [{100 * s['ci'][0]:+.2f}, {100 * s['ci'][1]:+.2f}], p = {p}, "
             f"{100 * s['diff_min']:+.2f} pp | {100 * s['uncertain_share']:.0f} % | {s['max_prob']:.4f} | "
             f"{'yes' if ok and key != DENSE else '-' if key == DENSE else 'no'}: {why} |")
+    return "\n".join(lines)
+
+
+def per_case(doc: dict, precision: str) -> str:
+    """Per case: Dice vs ground truth (%) / agreement with dense fp32, every mode in ``precision``."""
+    keys = [k for k in doc["cases"][0]["modes"] if k.endswith(" " + precision)]
+    lines = [f"| case | dense fp32 Dice % | " + " | ".join(f"{LABELS[k.split()[0]]} {precision}" for k in keys) + " |",
+             "|---" * (len(keys) + 2) + "|"]
+    for row in doc["cases"]:
+        cells = [f"{100 * row['modes'][k]['dice_gt']:.1f} / {row['modes'][k]['dice_dense']:.3f}" for k in keys]
+        lines.append(f"| {row['case']} | {100 * row['modes'][DENSE]['dice_gt']:.1f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n\n" + by_accuracy(doc, keys)
+
+
+def by_accuracy(doc: dict, keys: list[str]) -> str:
+    """Does a mode disagree where the model is poor? Spearman's rho between each case's dense fp32
+    Dice against the ground truth and its agreement, and the mean agreement on the best cases."""
+    from scipy.stats import spearmanr
+
+    dense = np.array([r["modes"][DENSE]["dice_gt"] for r in doc["cases"]])
+    best = dense >= GOOD
+    lines = [f"| mode | Spearman rho (dense Dice, agreement) | mean agreement, dense Dice >= {GOOD:g} (n={best.sum()}) |"
+             f" mean agreement, the others |", "|---|---|---|---|"]
+    for key in keys:
+        agree = np.array([r["modes"][key]["dice_dense"] for r in doc["cases"]])
+        rho = spearmanr(dense, agree).statistic
+        rest = f"{agree[~best].mean():.4f}" if (~best).any() else "n/a"
+        lines.append(f"| {LABELS[key.split()[0]]} {key.split()[1]} | {rho:+.2f} | {agree[best].mean():.4f} | {rest} |")
     return "\n".join(lines)
 
 
