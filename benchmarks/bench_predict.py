@@ -6,8 +6,8 @@
 ``modes``: the lineage's full-resolution VNet (112x112x80 patch, filters 16, random weights: the
 time does not depend on them) on real LA images (``--data``, z-scored, their own shapes), each
 (mode, precision) once per case, the order rotating from case to case. Modes: ``stride`` (the
-dense 18x18x4), ``stride2x`` (36x36x8), ``overlap`` (0.5), ``overlap0.75``, ``whole``. A first, untimed case
-warms the kernels up (not for ``stride``, the dense 18x18x4, whose 30-60 windows per case
+dense 18x18x4), ``stride2x`` (36x36x8), ``overlap`` (0.5), ``overlap0.75``, ``whole``; ``--skip K``
+starts after the first K ids of ``train.list``. A first, untimed case warms the kernels up (not for ``stride``, the dense 18x18x4, whose 30-60 windows per case
 amortise them; tens of seconds per case: give it its own run); a new shape still costs oneDNN a
 kernel set in ``whole`` mode, and that cost is in the numbers (every case of a real dataset has
 its own shape).

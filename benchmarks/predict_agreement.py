@@ -6,16 +6,18 @@
 For every validation case of RUN (its ``split.yaml`` order; the first N with ``--cases``) the class
 probabilities are computed on the model grid in every (mode, precision): ``stride`` (the config's
 ``eval.stride``, the paper protocol), ``stride2x`` (the same windows at twice that stride),
-``overlap`` 0.5 and 0.75 with Gaussian weights, ``whole`` volume; fp32 and bf16. Each label map is scored the way ``vasseg evaluate`` scores it (on the
-native grid for a down-sampled run) and compared with the dense fp32 map. Per case the JSON also
+``overlap`` 0.5 and 0.75 with Gaussian weights, ``whole`` volume; fp32 and bf16. Each label map
+is scored the way ``vasseg evaluate`` scores it (on the native grid for a down-sampled run) and
+compared with the dense fp32 map. Per case the JSON also
 keeps the share of the voxels on which a mode's model-grid map differs from the dense one where
 the dense fp32 foreground probability lies in [0.25, 0.75] (the model's uncertain boundary).
 
 Long measurements go in chunks: ``--json OUT --resume`` skips the cases OUT already holds and
 appends; ``--budget-s S`` starts no new case once the next one would likely end after S seconds;
 ``--cases N`` then counts the cases measured in this call. ``--summary`` prints the table of a
-finished JSON (or ``.json.gz``) without the model. Printed: per (mode, precision) the agreement with dense fp32
-(median, mean, min, and the mean over the cases the dense model segments, Dice > 0.5), the mean
+finished JSON (or ``.json.gz``) without the model (``--per-case PREC``: also per case, and how the
+agreement follows the model's accuracy). Printed: per (mode, precision) the agreement with dense
+fp32 (median, mean, min, and the mean over the cases the dense model segments, Dice > 0.5), the mean
 Dice against the ground truth, its paired difference to dense fp32 with a 95 % bootstrap interval
 and the Wilcoxon p (:mod:`vasseg.report.stats`), and whether the mode passes issue 28's bar
 (:func:`passes`). Seconds per case are in the JSON only: a shared host's, not a benchmark.
@@ -28,7 +30,6 @@ import argparse
 import gzip
 import json
 import math
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -223,7 +224,7 @@ def table(doc: dict) -> str:
 def per_case(doc: dict, precision: str) -> str:
     """Per case: Dice vs ground truth (%) / agreement with dense fp32, every mode in ``precision``."""
     keys = [k for k in doc["cases"][0]["modes"] if k.endswith(" " + precision)]
-    lines = [f"| case | dense fp32 Dice % | " + " | ".join(f"{LABELS[k.split()[0]]} {precision}" for k in keys) + " |",
+    lines = ["| case | dense fp32 Dice % | " + " | ".join(f"{LABELS[k.split()[0]]} {precision}" for k in keys) + " |",
              "|---" * (len(keys) + 2) + "|"]
     for row in doc["cases"]:
         cells = [f"{100 * row['modes'][k]['dice_gt']:.1f} / {row['modes'][k]['dice_dense']:.3f}" for k in keys]
