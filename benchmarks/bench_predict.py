@@ -5,8 +5,9 @@
 
 ``modes``: the lineage's full-resolution VNet (112x112x80 patch, filters 16, random weights: the
 time does not depend on them) on real LA images (``--data``, z-scored, their own shapes), each
-(mode, precision) once per case, the order rotating from case to case. A first, untimed case
-warms the kernels up (not for ``stride``, the dense 18x18x4, whose 30-60 windows per case
+(mode, precision) once per case, the order rotating from case to case. Modes: ``stride`` (the
+dense 18x18x4), ``stride2x`` (36x36x8), ``overlap`` (0.5), ``overlap0.75``, ``whole``; ``--skip K``
+starts after the first K ids of ``train.list``. A first, untimed case warms the kernels up (not for ``stride``, the dense 18x18x4, whose 30-60 windows per case
 amortise them; tens of seconds per case: give it its own run); a new shape still costs oneDNN a
 kernel set in ``whole`` mode, and that cost is in the numbers (every case of a real dataset has
 its own shape).
@@ -38,7 +39,9 @@ from vasseg.inferer.windows import Windows, infer_probs
 from vasseg.models.vnet import VNet
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "LA"
-MODES = {"stride": Windows("stride"), "overlap": Windows("overlap", overlap=0.5), "whole": Windows("whole")}
+MODES = {"stride": Windows("stride"), "stride2x": Windows("stride", (36, 36, 8)),
+         "overlap": Windows("overlap", overlap=0.5), "overlap0.75": Windows("overlap", overlap=0.75),
+         "whole": Windows("whole")}
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -69,7 +72,7 @@ def run_modes(args: argparse.Namespace) -> None:
     predict = make_predictor(net)
     combos = [(m, p) for m in args.modes.split(",") for p in args.precisions.split(",")]
     patch, stride = (112, 112, 80), (18, 18, 4)
-    warm, *cases = la_images(Path(args.data), args.cases + 1)
+    warm, *cases = la_images(Path(args.data), args.cases + 1, args.skip)
     for mode, prec in [c for c in combos if c[0] != "stride"]:  # untimed: the window shapes' kernels once
         infer_probs(predict, warm[1], patch, MODES[mode], stride, 2, args.batch, dtype=PRECISIONS[prec],
                     channels_last=args.channels_last)
@@ -137,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("what", choices=("modes", "monai"))
     parser.add_argument("--data", default=str(DATA), help="the LA dataset folder")
     parser.add_argument("--cases", type=int, default=3)
+    parser.add_argument("--skip", type=int, default=0, help="modes: start after this many train.list ids "
+                        "(split a long measurement into short runs)")
     parser.add_argument("--modes", default="overlap,whole")
     parser.add_argument("--precisions", default="fp32,bf16")
     parser.add_argument("--repeats", type=int, default=3, help="monai: rounds over the cases")

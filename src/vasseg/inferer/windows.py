@@ -90,10 +90,11 @@ def describe_inference(windows: Windows, default_stride: Triple, precision: str,
     return f"windows: {windows.describe(default_stride)}; precision: {describe_precision(precision, device)}"
 
 
-# Chosen from benchmarks/RESULTS.md §12: on a trained CPU-scale LA model neither the overlap nor the
-# whole-volume mode kept the label maps within Dice 0.98 of the dense windows without losing Dice
-# against the ground truth (up to -8 pp on a case), so prediction keeps the dense windows too;
-# its speed comes from bf16 (--precision auto). The fast modes are opt-in.
+# Chosen from benchmarks/RESULTS.md §12: on two finished CPU-scale LA models (25 validation cases
+# each) no faster mode kept the label maps within Dice 0.98 of the dense windows (overlap 0.5:
+# 0.80-0.81, whole volume: 0.80-0.84, twice eval.stride: 0.93-0.95) and mean teacher lost Dice
+# against the ground truth in every one (down to -20 pp on a case), so prediction keeps the dense
+# windows too; its speed comes from bf16 (--precision auto). The fast modes are opt-in.
 PREDICT_DEFAULT = Windows("stride")
 EVALUATE_DEFAULT = Windows("stride")  # eval.stride: the paper protocol
 
