@@ -16,9 +16,17 @@
 #                             at 8 labeled for like-for-like; at 4 labeled Dice alone may under-segment less)
 #   method.noise_std=0        no Gaussian noise on the teacher's input (the lineage's choice, not the paper's)
 #   method.voxels_per_class=2048  4x more sampled voxels per class for D and BYOL
+# Round 2 (ROUND=2), added 2026-12-07 03:05 UTC after benchmarks/vas_grad_scale.py on the base run and
+# BEFORE any round-1 variant finished (same rule, compared with the same base):
+#   method.consistency_reduction=sum   Eq. 5 read literally (E_x ||f_t - f_s||^2, the squared norm of each
+#                             image's map): under the mean reading gamma L_c pulls on the encoder with
+#                             0.03 % of L_sup's gradient at step 1200 (mean teacher's L_c: 5 %), i.e. VAS's
+#                             consistency is off in practice; the sum reading gives 41x L_sup at the
+#                             ramp's end (0.3x at 40 % of it). RESULTS section 13.
 #   benchmarks/la_cv4_search.sh OUT [override ...]    e.g. benchmarks/la_cv4_search.sh runs/la_cv4_search train.device=cpu
 #   BASE=runs/la_cv4/la_vas_4l_s1337_<hash> benchmarks/la_cv4_search.sh OUT ...   names the base run to compare with
 #   CONFIRM="method.rampup=0.4" benchmarks/la_cv4_search.sh OUT ...   the confirmation runs of a variant
+#   ROUND=2 BASE=... benchmarks/la_cv4_search.sh OUT ...   round 2's variant (then the comparison of every run in OUT)
 set -euo pipefail
 out=${1:?usage: benchmarks/la_cv4_search.sh OUT [override ...]}; shift
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -28,7 +36,9 @@ if [ -n "${CONFIRM:-}" ]; then
   # shellcheck disable=SC2086  # CONFIRM is a list of overrides
   exec "$py" -m vasseg sweep --jobs 1 --resume --configs "$vas" --seeds 1338 1339 --folds 1 2 --out "$out" -- $CONFIRM "$@"
 fi
-for variant in "method.rampup=0.4" "method.supervised_loss=dice" "method.noise_std=0" "method.voxels_per_class=2048"; do
+variants=("method.rampup=0.4" "method.supervised_loss=dice" "method.noise_std=0" "method.voxels_per_class=2048")
+if [ "${ROUND:-1}" = 2 ]; then variants=("method.consistency_reduction=sum"); fi
+for variant in "${variants[@]}"; do
   "$py" -m vasseg sweep --jobs 1 --resume --configs "$vas" --seeds 1337 --folds 0 --out "$out" -- "$variant" "$@"
 done
 base=${BASE:?BASE=<the fold-0 seed-1337 run of configs/la_cv4/vas_4.yaml> to compare the variants with}
