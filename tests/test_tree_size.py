@@ -47,15 +47,28 @@ def test_committed_run_folders_still_give_their_curves() -> None:
 def test_compress_round_trips_and_the_reader_takes_either(tmp_path: Path) -> None:
     run = tmp_path / "benchmarks" / "run"
     run.mkdir(parents=True)
-    text = "".join(json.dumps({"step": i, "loss": 1.0 / (i + 1)}) + "\n" for i in range(50))
+    text = "".join(json.dumps({"step": i, "loss": 1.0 / (i + 1), "phase": "main"}) + "\n" for i in range(50))
     (run / "scalars.jsonl").write_text(text)
     plain = read_scalars(run)
     assert compress_scalars.main(["--root", str(tmp_path), "--check"]) == 1
     compress_scalars.compress(run / "scalars.jsonl")
     assert not (run / "scalars.jsonl").exists()
-    assert gzip.decompress((run / "scalars.jsonl.gz").read_bytes()).decode() == text
-    assert read_scalars(run) == plain and len(plain) == 50
+    rows = read_scalars(run)
+    assert len(rows) == len(plain) == 50
+    for got, want in zip(rows, plain):  # floats to 6 significant digits, the rest untouched
+        assert got.keys() == want.keys() and got["step"] == want["step"] and got["phase"] == "main"
+        assert got["loss"] == pytest.approx(want["loss"], rel=5e-6) and got["loss"] != 0
+    stored = (run / "scalars.jsonl.gz").read_bytes()
+    assert compress_scalars.reround(run / "scalars.jsonl.gz") is False  # idempotent
+    assert (run / "scalars.jsonl.gz").read_bytes() == stored
     assert compress_scalars.main(["--root", str(tmp_path), "--check"]) == 0
     (run / "scalars.jsonl.gz").write_bytes(b"not gzip")
     with pytest.raises(ValueError, match="scalars.jsonl.gz: unreadable"):
         read_scalars(run)
+
+
+def test_an_older_full_precision_log_is_rounded_in_place(tmp_path: Path) -> None:
+    log = tmp_path / "scalars.jsonl.gz"
+    log.write_bytes(gzip.compress(b'{"step": 0, "loss": 0.123456789012, "lr": 0.01}\n'))
+    assert compress_scalars.reround(log) is True
+    assert gzip.decompress(log.read_bytes()) == b'{"step":0,"loss":0.123457,"lr":0.01}\n'
