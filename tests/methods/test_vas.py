@@ -230,7 +230,7 @@ def test_byol_target_comes_from_the_teacher_projector(vas) -> None:
 
     def feature_loss() -> float:
         torch.manual_seed(0)  # same voxels, same noise
-        return float(method(batch, 0, "main")["loss_feature"])
+        return float(method(batch, 0, "main")["loss_feature"].detach())
 
     before = feature_loss()
     assert feature_loss() == before
