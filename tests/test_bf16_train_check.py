@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -10,6 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from tests.benchscripts import load_script
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,10 +35,7 @@ def fake_run(out: Path, method: str, seed: int, fold: int, amp: str, dice: list[
 
 
 def _compare_module():
-    spec = importlib.util.spec_from_file_location("bf16_compare", REPO / "benchmarks" / "bf16_compare.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bf16_compare")
 
 
 def check(*args: str | Path, compare_only: bool = True) -> subprocess.CompletedProcess:

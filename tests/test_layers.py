@@ -108,13 +108,9 @@ def test_loading_a_config_imports_only_the_method_it_names(method: str) -> None:
 
 
 def _structure_stats():  # noqa: ANN202 - the module benchmarks/structure_stats.py
-    import importlib.util
+    from tests.benchscripts import load_script
 
-    path = SRC.parents[1] / "benchmarks" / "structure_stats.py"
-    spec = importlib.util.spec_from_file_location("structure_stats", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("structure_stats")
 
 
 def test_no_import_cycle_even_through_imports_inside_functions() -> None:

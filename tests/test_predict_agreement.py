@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.benchscripts import load_script
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("predict_agreement", REPO / "benchmarks" / "predict_agreement.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-agreement = _script()
+agreement = load_script("predict_agreement")
 
 
 def _summary(agree: float, diff: float, p: float, low: float) -> dict:

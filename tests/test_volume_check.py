@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -10,17 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.benchscripts import load_script
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("volume_check", REPO / "benchmarks" / "volume_check.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-volume_check = _script()
+volume_check = load_script("volume_check")
 
 
 def test_case_volumes_counts_and_ratios() -> None:
