@@ -55,6 +55,11 @@ def test_two_configs_times_two_seeds_run_at_once_in_their_own_folders(phantom_ro
     assert "with 2 at once" in summary
     again = _sweep("--resume", *args)
     assert again.returncode == 0 and again.stdout == "" and "nothing to run" in again.stderr
+    # the same configs spelled another way (through a symlink) are the same finished runs
+    (tmp_path / "link").symlink_to(tmp_path, target_is_directory=True)
+    respelled = [str(tmp_path / "link" / Path(c).name) for c in configs]
+    again = _sweep("--resume", "--configs", *respelled, *args[1 + len(configs):])
+    assert again.returncode == 0 and "nothing to run" in again.stderr, again.stderr[-2000:]
 
 
 def test_the_weights_file_of_a_sweep_run_evaluates_like_its_checkpoint(phantom_root: Path, tmp_path: Path) -> None:

@@ -79,14 +79,14 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from vasseg.atomic import atomic_write_bytes
-    from vasseg.sweep.runner import Sweep, expand_jobs, finished_keys, job_key, uses_cuda
+    from vasseg.sweep.runner import Sweep, expand_jobs, finished_runs, uses_cuda
 
     log = logging.getLogger("vasseg.sweep")
     out = args.out.expanduser().resolve()
     jobs = expand_jobs(args.configs, args.seeds, out, args.overrides, args.folds, args.vary)
     if args.resume:
-        done = finished_keys(out)
-        jobs = [j for j in jobs if job_key(j.config, j.seed, j.overrides) not in done]
+        done = finished_runs(out)
+        jobs = [j for j in jobs if j.run_dir.name not in done]
     if not jobs:
         log.info("nothing to run: every job is finished in %s", out / "sweep.jsonl")
         return 0

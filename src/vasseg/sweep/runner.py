@@ -107,17 +107,17 @@ def expand_jobs(configs: Sequence[str], seeds: Sequence[int], out: Path, overrid
     return jobs
 
 
-def finished_keys(out: Path) -> set[tuple]:
-    """(config, seed, overrides) of the jobs ``OUT/sweep.jsonl`` records with exit code 0."""
+def finished_runs(out: Path) -> set[str]:
+    """Names of the run folders ``OUT/sweep.jsonl`` records as finished (exit code 0).
+
+    Keyed by the run folder, the experiment's identity (config content, seed, overrides), not by
+    how the command spelled its config path: a sweep started with ``configs/x.yaml`` and resumed
+    with ``/abs/configs/x.yaml`` (or through a symlink) must not train a finished run again."""
     path = out / "sweep.jsonl"
     if not path.is_file():
         return set()
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return {job_key(r["config"], r["seed"], r["overrides"]) for r in rows if r["rc"] == 0}
-
-
-def job_key(config: str, seed: int, overrides: Sequence[str]) -> tuple:
-    return (str(config), int(seed), tuple(overrides))
+    return {Path(r["run_dir"]).name for r in rows if r["rc"] == 0}
 
 
 # --------------------------------------------------------------------------- concurrency
