@@ -43,6 +43,6 @@ for variant in "${variants[@]}"; do
 done
 base=${BASE:?BASE=<the fold-0 seed-1337 run of configs/la_cv4/vas_4.yaml> to compare the variants with}
 for run in "$out"/la_vas_4l_s1337_*/; do
-  echo "== $(grep -E '^  (rampup|supervised_loss|noise_std|voxels_per_class):' "$run/config.yaml" | tr -s ' ' | tr '\n' ' ')"
+  echo "== $(grep -E '^  (rampup|supervised_loss|noise_std|voxels_per_class|consistency_reduction):' "$run/config.yaml" | tr -s ' ' | tr '\n' ' ')"
   "$py" "$here/benchmarks/intensity_ab.py" --root "${LA_ROOT:-$here/../shared/data/LA}" --a "$base" --b "$run" --evals val_last --dark 0
 done
