@@ -3,7 +3,8 @@
     PYTHONPATH=<old>/src python benchmarks/training_numerics.py record DIR    # old code
     PYTHONPATH=<new>/src python benchmarks/training_numerics.py compare DIR   # new code
 
-``record`` trains the adversarial methods (VAS; SASSNet with both discriminator inputs) for 4
+``record`` trains the adversarial methods (VAS; SASSNet with both discriminator inputs) and the
+two baselines the protocols compare with (supervised, mean teacher) for 4
 seeded CPU steps on tiny phantoms, checkpoints at steps 2 and 4, into ``DIR/old``. ``compare``
 trains the same into ``DIR/new`` and requires every logged scalar (``scalars.jsonl``) and every
 tensor of the final checkpoint (weights, both optimizers' states) to be bit-identical; then it
@@ -33,6 +34,8 @@ RUNS: dict[str, dict[str, Any]] = {
     "vas_student_fusion": {"name": "vas", "voxels_per_class": 32, "adv_fusion": "student"},
     "sassnet": {"name": "sassnet"},
     "sassnet_cached": {"name": "sassnet", "disc_input": "cached"},
+    "supervised": {"name": "supervised"},
+    "mean_teacher": {"name": "mean_teacher"},
 }
 
 
