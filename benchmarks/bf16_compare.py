@@ -2,9 +2,10 @@
 
     python benchmarks/bf16_compare.py FP32_OUT BF16_OUT [--evals val_last]
 
-Runs are read from their ``config.yaml`` and paired by (method, labeled, seed, fold): the fp32 side
-holds runs with ``train.amp`` other than bf16 (``auto`` is fp32 on a CPU), the bf16 side runs with
-``train.amp: bf16``. Per method, over the paired runs: the mean Dice of each side and the bf16 -
+Runs are read from their ``config.yaml`` and paired by (method, labeled, seed, fold), and sided by
+the precision they trained in: the ``training precision:`` line of ``train.log`` where the engine
+wrote one (``train.amp=auto`` resolves per host: bf16 on a bf16 CPU), else ``train.amp`` (runs from
+before that line, when ``auto`` meant fp32 on a CPU: only ``bf16`` is bf16). Per method, over the paired runs: the mean Dice of each side and the bf16 -
 fp32 difference per case (a case's value is its mean over the seeds that validated it, as the
 report pairs them) with its 95 % bootstrap interval and the paired Wilcoxon p
 (:mod:`vasseg.report.stats`, via ``intensity_ab.case_dice``). Per run: that every logged loss term
@@ -19,6 +20,7 @@ import argparse
 import gzip
 import json
 import math
+import re
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -34,19 +36,28 @@ from vasseg.report.stats import bootstrap_ci, wilcoxon_p  # noqa: E402
 Key = tuple[str, int, int, int]  # method, labeled, seed, fold
 
 
+def trained_precision(run: Path, amp: str) -> str:
+    """``bf16`` or ``fp32``: the last ``training precision:`` the run's train.log states, else from ``amp``."""
+    log = run / "train.log"
+    said = re.findall(r"training precision: (\w+)", log.read_text(errors="replace")) if log.is_file() else []
+    if said:
+        return "bf16" if said[-1] == "bf16" else "fp32"
+    return "bf16" if amp == "bf16" else "fp32"
+
+
 def run_key(run: Path) -> tuple[Key, str, int]:
-    """(method, labeled, seed, fold), ``train.amp`` and ``train.iterations`` of a run folder."""
+    """(method, labeled, seed, fold), the precision trained in and ``train.iterations`` of a run folder."""
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     key = (cfg["method"]["name"], int(cfg["data"]["labeled"]), int(cfg["train"]["seed"]), int(cfg["data"]["fold"]))
-    return key, str(cfg["train"]["amp"]), int(cfg["train"]["iterations"])
+    return key, trained_precision(run, str(cfg["train"]["amp"])), int(cfg["train"]["iterations"])
 
 
 def find_runs(out: Path, bf16: bool) -> dict[Key, tuple[Path, int]]:
     """The run folders directly under ``out`` on one side (bf16 or not), by key."""
     runs: dict[Key, tuple[Path, int]] = {}
     for cfg in sorted(out.glob("*/config.yaml")):
-        key, amp, iterations = run_key(cfg.parent)
-        if (amp == "bf16") == bf16:
+        key, precision, iterations = run_key(cfg.parent)
+        if (precision == "bf16") == bf16:
             if key in runs:
                 raise SystemExit(f"{out}: two {'bf16' if bf16 else 'fp32'} runs of {key}: "
                                  f"{runs[key][0].name}, {cfg.parent.name}")
@@ -107,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"{out}: no such folder")
     fp32, bf16 = find_runs(args.fp32_out, bf16=False), find_runs(args.bf16_out, bf16=True)
     if not bf16:
-        ap.error(f"{args.bf16_out}: no run with train.amp: bf16")
+        ap.error(f"{args.bf16_out}: no run trained in bf16")
     problems = [f"{key}: no fp32 twin in {args.fp32_out}" for key in bf16 if key not in fp32]
     by_method: dict[str, list[tuple[Path, Path]]] = defaultdict(list)
     for key in sorted(k for k in bf16 if k in fp32):

@@ -82,6 +82,20 @@ def test_non_finite_loss_and_missing_twin_fail(outs: tuple[Path, Path], capsys: 
     assert "('supervised', 4, 1338, 1): no fp32 twin" in out
 
 
+def test_the_logged_precision_decides_the_side(outs: tuple[Path, Path], capsys: pytest.CaptureFixture) -> None:
+    """A train.amp=auto run that the engine says it trained in bf16 (a bf16 CPU) is no fp32 twin; one
+    that says fp32 is, and so is one from before the engine logged it (auto was fp32 on a CPU)."""
+    fp32, bf16 = outs
+    log = "2026-12-07 07:00:00,000 INFO vasseg.engine.trainer: training precision: {}\n"
+    (fp32 / "la_supervised_4l_s1337_auto" / "train.log").write_text(log.format("bf16 (auto: CPU has avx512_bf16)"))
+    (fp32 / "la_mean_teacher_4l_s1337_auto" / "train.log").write_text(
+        log.format("fp32 (auto: CPU has no bf16 instructions (PyTorch kernels: AVX2))"))
+    assert _compare_module().main([str(fp32), str(bf16)]) == 1
+    out = capsys.readouterr().out
+    assert "('supervised', 4, 1337, 0): no fp32 twin" in out
+    assert "mean_teacher" in out and "('mean_teacher', 4, 1337, 0): no fp32 twin" not in out
+
+
 @pytest.mark.parametrize("args, message", [
     (["same"], "must differ from FP32_OUT"),
     (["other", "train.amp=fp32"], "train.amp=fp32: set by this script"),
@@ -102,4 +116,4 @@ def test_missing_folders_are_named(tmp_path: Path, capsys: pytest.CaptureFixture
     (tmp_path / "bf16").mkdir()
     with pytest.raises(SystemExit) as stop:
         _compare_module().main([str(tmp_path / "fp32"), str(tmp_path / "bf16")])
-    assert stop.value.code == 2 and "no run with train.amp: bf16" in capsys.readouterr().err
+    assert stop.value.code == 2 and "no run trained in bf16" in capsys.readouterr().err

@@ -129,6 +129,15 @@ def test_the_cross_validation_protocol_validates_each_fold_once() -> None:
     assert all(set(s.val).isdisjoint(s.unlabeled) and set(s.val).isdisjoint(s.labeled) for s in splits)
 
 
+def test_the_cpu_protocols_pin_fp32_training() -> None:
+    """Their committed runs trained in fp32; train.amp=auto would pick bf16 on a bf16 CPU."""
+    paths = [p for folder in ("la_cpu", "la_cv", "la_cv4") for p in sorted((REPO / "configs" / folder).rglob("*.yaml"))
+             if not p.name.startswith("_")]
+    assert len(paths) >= 20
+    amps = {str(p.relative_to(REPO)): load_config(p).train.amp for p in paths}
+    assert amps == dict.fromkeys(amps, "none")
+
+
 # ------------------------------------------------------------------------------ loader failures
 
 

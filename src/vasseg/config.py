@@ -98,7 +98,7 @@ class TrainConfig:
     lr_gamma: float = 0.1
     poly_power: float = 0.9
     ema_decay: float = 0.99  # teacher decay, with the lineage's warm-up min(1 - 1/(step+1), decay)
-    amp: Literal["auto", "none", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, off on CPU
+    amp: Literal["auto", "none", "bf16", "fp16"] = "auto"  # auto: bf16 where the GPU/CPU has it natively
     grad_clip: float = 0.0  # max global grad norm of the student; 0 disables
     seed: int = 1337
     deterministic: bool = False  # deterministic algorithms (slower on GPU)

@@ -206,6 +206,7 @@ REQUIRED_ENTRIES: dict[str, tuple[str, Callable[[Any], bool]]] = {
 OPTIONAL_ENTRIES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "nonfinite_skips": ("a non-negative integer", _is_count),
     "world_size": ("a non-negative integer", _is_count),
+    "precision": ("one of 'fp32', 'bf16', 'fp16'", lambda v: v in ("fp32", "bf16", "fp16")),
 }
 
 
@@ -282,3 +283,13 @@ def check_saved_phase(saved: dict[str, Any] | None, now: dict[str, Any], method:
             f"{method!r} now puts step {step} in phase {now['name']!r} (its step "
             f"{now['step']}); its phases changed since the run started"
         )
+
+
+def warn_precision_change(saved: str | None, now: str, step: int, path: Path) -> None:
+    """A resume whose training precision differs from the checkpoint's (``train.amp=auto`` resolves per
+    host: bf16 on a bf16 CPU or GPU, fp32 elsewhere) continues, but not as one uninterrupted run would:
+    say so once. Checkpoints written before the precision was recorded say nothing."""
+    if saved is not None and saved != now:
+        log.warning("%s: steps 1-%d were trained in %s, the rest now runs in %s (this host resolves "
+                    "train.amp differently); the run is no longer an exact continuation. Set train.amp "
+                    "(none or bf16) to pin the precision.", path, step, saved, now)

@@ -30,6 +30,7 @@ from vasseg.data.setup import (  # noqa: F401 - the data half, re-exported
 )
 from vasseg.data.splits import Split, write_split
 from vasseg.engine.resume import check_resume, record_data_files
+from vasseg.inferer.precision import describe_precision, device_supports_bf16
 from vasseg.methods import get_method
 from vasseg.methods.base import Method
 from vasseg.rundir import RunDir
@@ -78,11 +79,25 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
 
 def autocast_dtype(exp: Experiment, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for full precision. ``auto``: bf16 on CUDA, fp32 on CPU."""
+    """The autocast dtype, or None for full precision.
+
+    ``auto``: bf16 where the device computes it natively (a bf16-capable CUDA GPU, or a CPU with
+    bf16 instructions: :func:`vasseg.inferer.precision.device_supports_bf16`), fp32 elsewhere. On
+    CPUs this default rests on the paired check of benchmarks/RESULTS.md section 12 (bf16 training
+    within the protocol's seed-to-seed shift in Dice, 1.4-1.6x faster on AVX512-BF16).
+    """
     amp = exp.train.amp
     if amp == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
+        return torch.bfloat16 if device_supports_bf16(device) else None
     return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+def describe_amp(exp: Experiment, device: torch.device) -> str:
+    """One phrase for the log: the training precision and, for ``auto``, why (``bf16 (auto: CPU has ...)``)."""
+    amp = exp.train.amp
+    if amp == "auto":
+        return describe_precision("auto", device)
+    return {"none": "fp32 (train.amp=none)", "bf16": "bf16 (train.amp=bf16)", "fp16": "fp16 (train.amp=fp16)"}[amp]
 
 
 def use_channels_last(exp: Experiment, device: torch.device) -> bool:

@@ -44,11 +44,12 @@ from vasseg.engine.checkpoint import (
     rng_state,
     save_checkpoint,
     set_rng_state,
+    warn_precision_change,
 )
 from vasseg.engine.optim import ema_decay, ema_update, main_spec, make_optimizer, phase_lr_factor, set_lr
 from vasseg.inferer.precision import prepare_cpu_bf16
 from vasseg.engine.scalars import NonFiniteError, ScalarLog, detached
-from vasseg.engine.setup import autocast_dtype, use_channels_last
+from vasseg.engine.setup import autocast_dtype, describe_amp, use_channels_last
 from vasseg.engine.stopping import StopRequest
 from vasseg.errors import ConfigError, VassegError
 from vasseg.rundir import BEST, RunDir, step_file
@@ -84,6 +85,8 @@ class Trainer:
         self.best: dict[str, Any] = {"val_dice": -math.inf, "step": -1}
         self.nonfinite_skips = 0
         self.amp_dtype = autocast_dtype(exp, device)
+        if self.is_main:
+            log.info("training precision: %s", describe_amp(exp, device))
         self.channels_last = use_channels_last(exp, device)
         self._place_method()
         prepare_cpu_bf16(self.method, self.amp_dtype, device)
@@ -157,7 +160,13 @@ class Trainer:
             "nonfinite_skips": self.nonfinite_skips,
             "config": to_dict(self.exp),
             "world_size": self.world_size,
+            "precision": self.precision,
         }
+
+    @property
+    def precision(self) -> str:
+        """The training precision as resolved on this device: ``fp32``, ``bf16`` or ``fp16``."""
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp_dtype]
 
     def save(self, name: str | None = None) -> Path | None:
         if not self.is_main:
@@ -184,6 +193,7 @@ class Trainer:
                           self.method.name, self.step, path)
         self.best = dict(state["best"])
         self.nonfinite_skips = int(state.get("nonfinite_skips", 0))
+        warn_precision_change(state.get("precision"), self.precision, self.step, path)
         self.scalars.truncate_after(self.step)
         log.info("resumed from %s at step %d", path, self.step)
         return True
