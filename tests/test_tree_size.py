@@ -55,9 +55,9 @@ def test_compress_round_trips_and_the_reader_takes_either(tmp_path: Path) -> Non
     assert not (run / "scalars.jsonl").exists()
     rows = read_scalars(run)
     assert len(rows) == len(plain) == 50
-    for got, want in zip(rows, plain):  # floats to 6 significant digits, the rest untouched
+    for got, want in zip(rows, plain):  # floats to 4 significant digits, the rest untouched
         assert got.keys() == want.keys() and got["step"] == want["step"] and got["phase"] == "main"
-        assert got["loss"] == pytest.approx(want["loss"], rel=5e-6) and got["loss"] != 0
+        assert got["loss"] == pytest.approx(want["loss"], rel=5e-4) and got["loss"] != 0
     stored = (run / "scalars.jsonl.gz").read_bytes()
     assert compress_scalars.reround(run / "scalars.jsonl.gz") is False  # idempotent
     assert (run / "scalars.jsonl.gz").read_bytes() == stored
