@@ -23,6 +23,10 @@
 #                             0.03 % of L_sup's gradient at step 1200 (mean teacher's L_c: 5 %), i.e. VAS's
 #                             consistency is off in practice; the sum reading gives 41x L_sup at the
 #                             ramp's end (0.3x at 40 % of it). RESULTS section 13.
+# Outcome (2026-12-07, RESULTS section 13): method.noise_std=0 was the best fold-0 variant (+1.20 pp),
+# confirmed on folds 1 + 2 (+3.53 pp, p = 0.0011) and adopted in configs/la_cv4/vas_4.yaml; the search
+# ran against that file as it was before (noise_std 0.1 inherited): to repeat it as run, check out
+# 9eb6fa1's configs/la_cv4/vas_4.yaml.
 #   benchmarks/la_cv4_search.sh OUT [override ...]    e.g. benchmarks/la_cv4_search.sh runs/la_cv4_search train.device=cpu
 #   BASE=runs/la_cv4/la_vas_4l_s1337_<hash> benchmarks/la_cv4_search.sh OUT ...   names the base run to compare with
 #   CONFIRM="method.rampup=0.4" benchmarks/la_cv4_search.sh OUT ...   the confirmation runs of a variant
