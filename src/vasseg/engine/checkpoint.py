@@ -291,5 +291,5 @@ def warn_precision_change(saved: str | None, now: str, step: int, path: Path) ->
     say so once. Checkpoints written before the precision was recorded say nothing."""
     if saved is not None and saved != now:
         log.warning("%s: steps 1-%d were trained in %s, the rest now runs in %s (this host resolves "
-                    "train.amp differently); the run is no longer an exact continuation. Set train.amp "
-                    "(none or bf16) to pin the precision.", path, step, saved, now)
+                    "train.amp differently); the run is no longer an exact continuation. New runs that "
+                    "must not depend on the host: set train.amp to none or bf16.", path, step, saved, now)
