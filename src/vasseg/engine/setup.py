@@ -30,7 +30,7 @@ from vasseg.data.setup import (  # noqa: F401 - the data half, re-exported
 )
 from vasseg.data.splits import Split, write_split
 from vasseg.engine.resume import check_resume, record_data_files
-from vasseg.inferer.precision import describe_precision, device_supports_bf16
+from vasseg.inferer.precision import describe_precision, device_supports_bf16, precision_name
 from vasseg.methods import get_method
 from vasseg.methods.base import Method
 from vasseg.rundir import RunDir
@@ -97,7 +97,7 @@ def describe_amp(exp: Experiment, device: torch.device) -> str:
     amp = exp.train.amp
     if amp == "auto":
         return describe_precision("auto", device)
-    return {"none": "fp32 (train.amp=none)", "bf16": "bf16 (train.amp=bf16)", "fp16": "fp16 (train.amp=fp16)"}[amp]
+    return f"{precision_name(autocast_dtype(exp, device))} (train.amp={amp})"
 
 
 def use_channels_last(exp: Experiment, device: torch.device) -> bool:

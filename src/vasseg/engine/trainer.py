@@ -47,7 +47,7 @@ from vasseg.engine.checkpoint import (
     warn_precision_change,
 )
 from vasseg.engine.optim import ema_decay, ema_update, main_spec, make_optimizer, phase_lr_factor, set_lr
-from vasseg.inferer.precision import prepare_cpu_bf16
+from vasseg.inferer.precision import precision_name, prepare_cpu_bf16
 from vasseg.engine.scalars import NonFiniteError, ScalarLog, detached
 from vasseg.engine.setup import autocast_dtype, describe_amp, use_channels_last
 from vasseg.engine.stopping import StopRequest
@@ -166,7 +166,7 @@ class Trainer:
     @property
     def precision(self) -> str:
         """The training precision as resolved on this device: ``fp32``, ``bf16`` or ``fp16``."""
-        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp_dtype]
+        return precision_name(self.amp_dtype)
 
     def save(self, name: str | None = None) -> Path | None:
         if not self.is_main:

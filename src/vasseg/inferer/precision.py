@@ -109,8 +109,9 @@ def describe_precision(spec: str, device: torch.device) -> str:
     return f"{name} (auto: {why})"
 
 
-def precision_name(dtype: torch.dtype) -> str:
-    return "bf16" if dtype == torch.bfloat16 else "fp32"
+def precision_name(dtype: torch.dtype | None) -> str:
+    """``bf16``, ``fp16`` or ``fp32`` (also for None: no autocast)."""
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
 
 
 def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
