@@ -72,3 +72,22 @@ def test_an_older_full_precision_log_is_rounded_in_place(tmp_path: Path) -> None
     log.write_bytes(gzip.compress(b'{"step": 0, "loss": 0.123456789012, "lr": 0.01}\n'))
     assert compress_scalars.reround(log) is True
     assert gzip.decompress(log.read_bytes()) == b'{"step":0,"loss":0.1235,"lr":0.01}\n'
+
+
+def test_an_archived_log_keeps_window_means_once(tmp_path: Path) -> None:
+    rows = [{"step": i, "loss": float(i), "lr": 0.01, "phase": "main", "n": i % 2} for i in range(25)]
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    got = [json.loads(line) for line in compress_scalars.windowed_log(text, window=10).splitlines()]
+    assert [r["step"] for r in got] == [9, 19, 24]  # the short last block keeps the last step
+    assert [r["loss"] for r in got] == [4.5, 14.5, 22.0] and all(r["lr"] == 0.01 for r in got)
+    assert got[0]["phase"] == "main" and got[0]["n"] == 0.5
+    windowed = compress_scalars.windowed_log(text, window=10)
+    assert compress_scalars.windowed_log(windowed, window=10) == windowed  # idempotent
+    run = tmp_path / "benchmarks" / compress_scalars.ARCHIVED[0] / "run"
+    run.mkdir(parents=True)
+    (run / "scalars.jsonl").write_text(text)
+    assert compress_scalars.archived(run / "scalars.jsonl", tmp_path / "benchmarks")
+    assert not compress_scalars.archived(tmp_path / "benchmarks" / "other" / "scalars.jsonl", tmp_path / "benchmarks")
+    compress_scalars.compress(run / "scalars.jsonl", window=True)
+    assert [r["step"] for r in read_scalars(run)] == [9, 19, 24]
+    assert compress_scalars.reround(run / "scalars.jsonl.gz", window=True) is False

@@ -38,6 +38,24 @@ def test_summary_pairs_the_log_ratio_against_the_first_run() -> None:
     assert "under vs base: volume ratio x0.800" in text and "8 cases" in text
 
 
+def test_summary_pools_a_methods_folds_and_averages_its_seeds_per_case() -> None:
+    def rows(ids: range, ratio: float) -> dict:
+        return {f"c{i}": {"ratio": ratio, "sensitivity": 0.8, "precision": 0.8} for i in ids}
+    runs = {"r/la_mt_4l_s1337_0000000a": rows(range(0, 5), 1.0),  # fold 0
+            "r/la_mt_4l_s1338_0000000b": rows(range(5, 10), 1.0),  # fold 1
+            "r/la_vas_4l_s1337_0000000c": rows(range(0, 5), 0.5),  # fold 0, two seeds: x0.5 and x0.8
+            "r/la_vas_4l_s2337_0000000d": rows(range(0, 5), 0.8),
+            "r/la_vas_4l_s1338_0000000e": {**rows(range(5, 10), 0.8), "c9": {"ratio": 0.0, "sensitivity": 0.0,
+                                                                            "precision": math.nan}}}
+    groups = volume_check.method_groups({"runs": runs})
+    assert list(groups) == ["la_mt_4l", "la_vas_4l"]
+    assert groups["la_vas_4l"]["c0"] == pytest.approx(math.sqrt(0.5 * 0.8)) and "c9" not in groups["la_vas_4l"]
+    text = volume_check.summary({"runs": runs})
+    assert "la_vas_4l vs la_mt_4l:" in text and "9 cases" in text  # 10 cases pooled, the empty one left out
+    want = math.exp((5 * math.log(math.sqrt(0.4)) + 4 * math.log(0.8)) / 9)
+    assert f"x{want:.3f} " in text
+
+
 def test_measures_a_run_and_resumes(phantom_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     import torch
 
