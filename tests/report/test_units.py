@@ -307,3 +307,34 @@ def test_folds_pool_into_one_group_and_intensity_modes_split_it() -> None:
     assert [g.label for g in group_runs(runs[:3])] == ["supervised"]
     note = data_note(runs)
     assert "re-z-scored" in note and "as the files hold them" in note and "3-fold" in note
+
+
+def test_under_cross_validation_a_seed_is_one_run_per_fold() -> None:
+    from vasseg.report.tables import _seeds_text, statistic_note
+
+    def run(seed: int, fold: int, dice: float) -> RunRecord:
+        exp = build_experiment({"method": {"name": "vas"}, "train": {"seed": seed},
+                                "data": {"folds": 3, "fold": fold}})
+        rows = [CaseRow(f"f{fold}c{i}", 1, {"dice": dice + 0.01 * i}, "ok") for i in range(4)]
+        return RunRecord(Path(f"/runs/s{seed}"), exp, SPLIT, Path("/e/val_last"), rows)
+
+    # Seed set A (1337 + k) and B (2337 + k); fold 2 differs from the others by far more than the seeds.
+    first = [run(1337, 0, 0.70), run(1338, 1, 0.70), run(1339, 2, 0.40)]
+    second = [run(2337, 0, 0.72), run(2338, 1, 0.72), run(2339, 2, 0.42)]
+    g = group(*first, *second)
+    assert [[r.seed for r in rep] for rep in g.replicates] == [[1337, 1338, 1339], [2337, 2338, 2339]]
+    cell = group_cell(g, "dice")
+    means = [np.mean([0.70 + 0.01 * i for i in range(4)] * 2 + [0.40 + 0.01 * i for i in range(4)]) + d
+             for d in (0.0, 0.02)]
+    assert cell.over == "seeds" and cell.n == 2
+    assert cell.mean == pytest.approx(100 * np.mean(means)) and cell.std == pytest.approx(100 * np.std(means, ddof=1))
+    assert _seeds_text(g) == "2 × 3 folds"
+    assert "not folds" in statistic_note([g])
+    # A second seed on fold 0 only: one complete seed, the extra run left out of the ± (over cases).
+    partial = group(*first, second[0])
+    assert len(partial.replicates) == 1 and _seeds_text(partial) == "1† × 3 folds (+1 run)"
+    assert group_cell(partial, "dice").over == "cases" and group_cell(partial, "dice").n == 12
+    assert "left out of the mean ± std" in statistic_note([partial])
+    # Seeds of one fold (a search on fold 0): every run its own seed, as without folds.
+    same_fold = group(first[0], second[0])
+    assert [len(rep) for rep in same_fold.replicates] == [1, 1] and _seeds_text(same_fold) == "2"

@@ -76,7 +76,7 @@ class RunRecord:
 
 @dataclass
 class Group:
-    """Runs of one configuration that differ only by seed."""
+    """Runs of one configuration that differ only by seed (and, under cross-validation, by fold)."""
 
     dataset: str
     method: str
@@ -96,6 +96,18 @@ class Group:
     @property
     def seeds(self) -> list[int]:
         return [r.seed for r in self.runs]
+
+    @property
+    def replicates(self) -> list[list[RunRecord]]:
+        """The units a table's ± std runs over: each run alone; under cross-validation (runs on two
+        or more folds) one run per fold, the i-th seed of every fold (seeds sorted), so a replicate's
+        mean covers the cases of every fold and its spread is the seeds', not the folds'. A seed not
+        trained on every fold yet makes no replicate (its mean would cover part of the cases)."""
+        folds = sorted({r.exp.data.fold for r in self.runs})
+        if len(folds) < 2 or not all(r.exp.data.folds for r in self.runs):
+            return [[r] for r in self.runs]
+        by_fold = [sorted((r for r in self.runs if r.exp.data.fold == f), key=lambda r: r.seed) for f in folds]
+        return [[runs[i] for runs in by_fold] for i in range(min(len(runs) for runs in by_fold))]
 
     @property
     def representative(self) -> RunRecord:

@@ -94,7 +94,7 @@ def runs_overview(ctx: Context) -> list[Block]:
     """What was read: a sentence and the table of run folders."""
     from vasseg.report.tables import runs_table
 
-    groups = ", ".join(f"{g.label} ({g.labeled} labeled, {len(g.runs)} seed{'s' * (len(g.runs) > 1)})"
+    groups = ", ".join(f"{g.label} ({g.labeled} labeled, {len(g.runs)} run{'s' * (len(g.runs) > 1)})"
                        for g in ctx.groups)
     text = (f"{len(ctx.records)} runs in {len(ctx.groups)} groups: {groups}. Tables and figures use "
             f"eval/{ctx.options.eval_name}; reference method for the tests: {ctx.reference}.")

@@ -2,8 +2,10 @@
 the Wilcoxon table, and an overview of the runs read.
 
 Every number comes from the runs' ``cases.csv``: per seed, the mean over cases (per case, the
-mean over classes for the "average" columns); then mean ± sample std across seeds. A group with a
-single seed shows mean ± std over its cases instead, marked with † in the seeds column.
+mean over classes for the "average" columns); then mean ± sample std across seeds. Under
+cross-validation a seed is one run per fold (``Group.replicates``), so its mean covers every fold's
+cases. A group with a single seed shows mean ± std over its cases instead, marked with † in the
+seeds column.
 """
 
 from __future__ import annotations
@@ -41,25 +43,33 @@ class Cell:
 
 def group_cell(group: Group, metric: str, cls: int | None = None) -> Cell:
     """Mean ± std of ``metric`` for a group (percent for fractions such as Dice), reduced as the
-    metric table says (per seed over cases, then over seeds)."""
+    metric table says (per seed over its cases, then over seeds; a seed under cross-validation is
+    one run per fold, ``Group.replicates``)."""
     scale = 100.0 if is_percent(metric) else 1.0
     reduce = metric_of(metric).reduce
-    per_run = [list(case_values(r, metric, cls).values()) for r in group.runs]
+    reps = [[v for r in rep for v in case_values(r, metric, cls).values()] for rep in group.replicates]
+    runs = [r for rep in group.replicates for r in rep]
     if cls is None and len(group.classes) > 1:
         # A case's mean over classes skips its undefined classes: count those (case, class)
         # values, or a method that predicts nothing for the hard organs would look best.
-        undefined = sum(math.isnan(row.values[metric]) for r in group.runs for row in r.rows)
+        undefined = sum(math.isnan(row.values[metric]) for r in runs for row in r.rows)
     else:
-        undefined = sum(sum(math.isnan(v) for v in vals) for vals in per_run)
-    if len(per_run) == 1:
-        s, over = reduce(per_run[0]), "cases"
+        undefined = sum(sum(math.isnan(v) for v in vals) for vals in reps)
+    if len(reps) == 1:
+        s, over = reduce(reps[0]), "cases"
     else:
-        s, over = reduce([reduce(vals).mean for vals in per_run]), "seeds"
+        s, over = reduce([reduce(vals).mean for vals in reps]), "seeds"
     return Cell(s.mean * scale, s.std * scale, s.n, undefined, over)
 
 
 def _seeds_text(group: Group) -> str:
-    return f"{len(group.runs)}{ONE_SEED_MARK if len(group.runs) == 1 else ''}"
+    """Seeds behind the ± (× folds under cross-validation), † for one, + the runs left out."""
+    reps = group.replicates
+    text = f"{len(reps)}{ONE_SEED_MARK if len(reps) == 1 else ''}"
+    if len(reps[0]) > 1:
+        text += f" × {len(reps[0])} folds"
+    left = len(group.runs) - sum(len(rep) for rep in reps)
+    return text + (f" (+{left} run{'s' * (left > 1)})" if left else "")
 
 
 # --------------------------------------------------------------------------- notes
@@ -91,8 +101,15 @@ class EvalContext:
 def statistic_note(groups: list[Group]) -> str:
     text = ("Mean ± sample std over seeds: per seed the mean over cases, then mean ± std of the seed "
             "means.")
-    if any(len(g.runs) == 1 for g in groups):
+    reps = [g.replicates for g in groups]
+    if any(len(r[0]) > 1 for r in reps):
+        text += (" Under cross-validation a seed is one run per fold (the i-th seed of every fold): its "
+                 "mean is over the cases of all folds, so the ± is the spread between seeds, not folds.")
+    if any(len(r) == 1 for r in reps):
         text += f" {ONE_SEED_MARK} one seed: mean ± std over cases instead."
+    if any(len(g.runs) > sum(len(rep) for rep in r) for g, r in zip(groups, reps)):
+        text += (" (+k runs): runs of a seed not yet trained on every fold, left out of the mean ± std "
+                 "(the paired tests use them).")
     return text + " '–': undefined (no value, or a single one for the std)."
 
 
@@ -138,7 +155,7 @@ def table_one(groups: list[Group], tests: list[PairedTest], ctx: EvalContext, ou
         cells = [group_cell(g, m) for m, _ in cols]
         rows.append([g.label, str(g.labeled), str(g.unlabeled), _seeds_text(g), *(c.text() for c in cells),
                      _p_for(g, tests, ctx.reference, "dice", None)])
-        raw += [[g.dataset, g.label, g.labeled, g.unlabeled, len(g.runs), m, "mean", c.mean, c.std, c.n,
+        raw += [[g.dataset, g.label, g.labeled, g.unlabeled, len(g.replicates), m, "mean", c.mean, c.std, c.n,
                  c.undefined, c.over] for (m, _), c in zip(cols, cells)]
     write_csv(out / "table1.csv", RAW_HEADER, raw)
     notes = [statistic_note(groups), ctx.split_text(), data_note([r for g in groups for r in g.runs]),
@@ -176,7 +193,7 @@ def table_two(groups: list[Group], ctx: EvalContext, out: Path) -> Table:
         cells = [group_cell(g, "dice")] + [group_cell(g, "dice", c) for c in classes]
         rows.append([g.label, str(g.labeled), _seeds_text(g), *(c.text() for c in cells)])
         keys = ["mean", *(str(c) for c in classes)]
-        raw += [[g.dataset, g.label, g.labeled, g.unlabeled, len(g.runs), "dice", k, c.mean, c.std, c.n,
+        raw += [[g.dataset, g.label, g.labeled, g.unlabeled, len(g.replicates), "dice", k, c.mean, c.std, c.n,
                  c.undefined, c.over] for k, c in zip(keys, cells)]
     write_csv(out / "table2.csv", RAW_HEADER, raw)
     notes = [statistic_note(groups), ctx.split_text(), empty_rule_note([r for g in groups for r in g.runs]),
@@ -243,7 +260,7 @@ def data_note(runs: list[RunRecord]) -> str:
     if folds:
         text += (f" Validation: {folds[0][0]}-fold cross-validation over the non-labeled training ids "
                  f"(folds used: {', '.join(str(f) for _, f in folds)}); each run is scored on its own "
-                 f"fold, so a method's cases are pooled over folds and a seed's mean is its fold's mean.")
+                 f"fold, so a method's cases are pooled over folds.")
     return text
 
 
