@@ -309,15 +309,17 @@ def test_folds_pool_into_one_group_and_intensity_modes_split_it() -> None:
     assert "re-z-scored" in note and "as the files hold them" in note and "3-fold" in note
 
 
+def cv_run(seed: int, fold: int, dice: float) -> RunRecord:
+    """A run on fold ``fold`` of 3 with 4 cases of Dice ``dice`` + 0.01 i."""
+    exp = build_experiment({"method": {"name": "vas"}, "train": {"seed": seed}, "data": {"folds": 3, "fold": fold}})
+    rows = [CaseRow(f"f{fold}c{i}", 1, {"dice": dice + 0.01 * i}, "ok") for i in range(4)]
+    return RunRecord(Path(f"/runs/s{seed}"), exp, SPLIT, Path("/e/val_last"), rows)
+
+
 def test_under_cross_validation_a_seed_is_one_run_per_fold() -> None:
     from vasseg.report.tables import _seeds_text, statistic_note
 
-    def run(seed: int, fold: int, dice: float) -> RunRecord:
-        exp = build_experiment({"method": {"name": "vas"}, "train": {"seed": seed},
-                                "data": {"folds": 3, "fold": fold}})
-        rows = [CaseRow(f"f{fold}c{i}", 1, {"dice": dice + 0.01 * i}, "ok") for i in range(4)]
-        return RunRecord(Path(f"/runs/s{seed}"), exp, SPLIT, Path("/e/val_last"), rows)
-
+    run = cv_run
     # Seed set A (1337 + k) and B (2337 + k); fold 2 differs from the others by far more than the seeds.
     first = [run(1337, 0, 0.70), run(1338, 1, 0.70), run(1339, 2, 0.40)]
     second = [run(2337, 0, 0.72), run(2338, 1, 0.72), run(2339, 2, 0.42)]
@@ -338,3 +340,16 @@ def test_under_cross_validation_a_seed_is_one_run_per_fold() -> None:
     # Seeds of one fold (a search on fold 0): every run its own seed, as without folds.
     same_fold = group(first[0], second[0])
     assert [len(rep) for rep in same_fold.replicates] == [1, 1] and _seeds_text(same_fold) == "2"
+
+
+def test_the_fold_table_gives_every_run_and_every_seed_over_all_folds(tmp_path: Path) -> None:
+    from vasseg.report.tables import fold_table
+
+    runs = [cv_run(1337, 0, 0.70), cv_run(1338, 1, 0.60), cv_run(1339, 2, 0.40), cv_run(2337, 0, 0.80)]
+    table = fold_table([group(*runs)], tmp_path)
+    assert table is not None and table.header[2:] == ["fold 0", "fold 1", "fold 2", "every fold (per seed)"]
+    # fold 0: seeds 1337 / 2337 in order; every fold: only the complete seed (1337..1339), 12 cases
+    assert table.rows == [["vas", "8", "71.50 / 81.50", "61.50", "41.50", "58.17"]]
+    lines = (tmp_path / "folds.csv").read_text().splitlines()
+    assert lines[0] == "group,labeled,fold,seed,dice_percent" and len(lines) == 5
+    assert fold_table([group(cv_run(1337, 0, 0.7), cv_run(2337, 0, 0.8))], tmp_path) is None  # one fold

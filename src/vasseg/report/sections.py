@@ -106,7 +106,7 @@ def runs_overview(ctx: Context) -> list[Block]:
 
 def tables_section(ctx: Context) -> list[Block]:
     from vasseg.report.stats import all_tests
-    from vasseg.report.tables import EvalContext, table_one, table_two, wilcoxon_table
+    from vasseg.report.tables import EvalContext, fold_table, table_one, table_two, wilcoxon_table
 
     if not ctx.evaluated:
         return no_results(ctx)
@@ -118,6 +118,8 @@ def tables_section(ctx: Context) -> list[Block]:
         tests = all_tests(groups, ctx.reference, ctx.options.min_pairs)
         blocks += [table_one(groups, tests, ectx, out), wilcoxon_table(groups, tests, ectx, out, ctx.options.min_pairs),
                    table_two(groups, ectx, out)]
+        folds = fold_table(groups, out)
+        blocks += [folds] if folds else []
     return blocks
 
 

@@ -201,6 +201,39 @@ def table_two(groups: list[Group], ctx: EvalContext, out: Path) -> Table:
     return Table(f"Table II. Dice per class ({groups[0].dataset})", header, rows, notes)
 
 
+# --------------------------------------------------------------------------- folds
+
+
+def fold_table(groups: list[Group], out: Path) -> Table | None:
+    """Mean Dice of every run by fold (seeds in order, ``a / b``) and of every seed over all folds;
+    ``None`` without cross-validation. Where the ± of Table I comes from, and how folds differ."""
+    folds = sorted({r.exp.data.fold for g in groups for r in g.runs if r.exp.data.folds})
+    if len(folds) < 2:
+        return None
+    header = ["Method", "Labeled", *(f"fold {f}" for f in folds), "every fold (per seed)"]
+    rows, raw = [], []
+    for g in groups:
+        cells = []
+        for f in folds:
+            runs = sorted((r for r in g.runs if r.exp.data.folds and r.exp.data.fold == f), key=lambda r: r.seed)
+            means = [_mean_percent(case_values(r, "dice")) for r in runs]
+            cells.append(" / ".join(f"{m:.2f}" for m in means) or "–")
+            raw += [[g.label, g.labeled, f, r.seed, m] for r, m in zip(runs, means)]
+        pooled = [_mean_percent({c: v for r in rep for c, v in case_values(r, "dice").items()})
+                  for rep in g.replicates if len(rep) > 1]
+        rows.append([g.label, str(g.labeled), *cells, " / ".join(f"{m:.2f}" for m in pooled) or "–"])
+    write_csv(out / "folds.csv", ["group", "labeled", "fold", "seed", "dice_percent"], raw)
+    notes = ["Dice (%) per run: the mean over its fold's cases (per case the mean over classes), seeds in "
+             "increasing order. Every fold: per seed (one run per fold, Table I's rule) the mean over "
+             "the cases of all folds; a seed not trained on every fold yet is not shown there."]
+    return Table("Dice per fold and seed", header, rows, notes)
+
+
+def _mean_percent(values: dict[str, float]) -> float:
+    finite = [v for v in values.values() if not math.isnan(v)]
+    return 100.0 * sum(finite) / len(finite) if finite else math.nan
+
+
 # --------------------------------------------------------------------------- Wilcoxon and runs
 
 
