@@ -90,7 +90,8 @@ def method_groups(doc: dict) -> dict[str, dict[str, float]]:
 
 def summary(doc: dict) -> str:
     """Markdown: per run the mean ratio, sensitivity and precision; per method (runs pooled over
-    folds and seeds) the paired log-ratio test against the first method."""
+    folds and seeds) the geometric mean ratio tested against 1 (the true volume), and the paired
+    log-ratio test against the first method."""
     runs = list(doc["runs"])
     lines = ["| run | cases | volume ratio (median, mean) | sensitivity | precision | cases with ratio < 0.9 |",
              "|---|---|---|---|---|---|"]
@@ -101,6 +102,13 @@ def summary(doc: dict) -> str:
                      f"{_mean([r['sensitivity'] for r in rows])} | "
                      f"{_mean([r['precision'] for r in rows])} | {int((ratio < 0.9).sum())} |")
     groups = method_groups(doc)
+    for name, ratios in groups.items():  # against the truth: a ratio of 1
+        logs = np.log(np.array(list(ratios.values())))
+        lo, hi = bootstrap_ci(logs)
+        p, why = wilcoxon_p(logs, np.zeros_like(logs))
+        lines.append(f"\n{name}: predicted / true volume x{math.exp(logs.mean()):.3f} (geometric mean; 95 % CI "
+                     f"x{math.exp(lo):.3f}..x{math.exp(hi):.3f}), Wilcoxon p = {p:.3g}{f' ({why})' if why else ''} "
+                     f"against 1, {logs.size} cases")
     base = next(iter(groups), None)  # None: no case with a defined ratio yet
     for name, ratios in groups.items():
         if name == base:

@@ -53,7 +53,9 @@ def test_summary_pools_a_methods_folds_and_averages_its_seeds_per_case() -> None
     text = volume_check.summary({"runs": runs})
     assert "la_vas_4l vs la_mt_4l:" in text and "9 cases" in text  # 10 cases pooled, the empty one left out
     want = math.exp((5 * math.log(math.sqrt(0.4)) + 4 * math.log(0.8)) / 9)
-    assert f"x{want:.3f} " in text
+    assert f"la_vas_4l vs la_mt_4l: volume ratio x{want:.3f} " in text
+    assert f"la_vas_4l: predicted / true volume x{want:.3f} (geometric mean" in text  # mean teacher's ratios are 1
+    assert "la_mt_4l: predicted / true volume x1.000" in text and "all pairs tied" in text.split("la_mt_4l: ")[1]
 
 
 def test_measures_a_run_and_resumes(phantom_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
