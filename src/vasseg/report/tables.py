@@ -11,6 +11,7 @@ seeds column.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,8 +48,9 @@ def group_cell(group: Group, metric: str, cls: int | None = None) -> Cell:
     one run per fold, ``Group.replicates``)."""
     scale = 100.0 if is_percent(metric) else 1.0
     reduce = metric_of(metric).reduce
-    reps = [[v for r in rep for v in case_values(r, metric, cls).values()] for rep in group.replicates]
-    runs = [r for rep in group.replicates for r in rep]
+    replicates = group.replicates
+    reps = [[v for r in rep for v in case_values(r, metric, cls).values()] for rep in replicates]
+    runs = [r for rep in replicates for r in rep]
     if cls is None and len(group.classes) > 1:
         # A case's mean over classes skips its undefined classes: count those (case, class)
         # values, or a method that predicts nothing for the hard organs would look best.
@@ -216,10 +218,10 @@ def fold_table(groups: list[Group], out: Path) -> Table | None:
         cells = []
         for f in folds:
             runs = sorted((r for r in g.runs if r.exp.data.folds and r.exp.data.fold == f), key=lambda r: r.seed)
-            means = [_mean_percent(case_values(r, "dice")) for r in runs]
+            means = [_dice_percent(case_values(r, "dice").values()) for r in runs]
             cells.append(" / ".join(f"{m:.2f}" for m in means) or "–")
             raw += [[g.label, g.labeled, f, r.seed, m] for r, m in zip(runs, means)]
-        pooled = [_mean_percent({c: v for r in rep for c, v in case_values(r, "dice").items()})
+        pooled = [_dice_percent([v for r in rep for v in case_values(r, "dice").values()])
                   for rep in g.replicates if len(rep) > 1]
         rows.append([g.label, str(g.labeled), *cells, " / ".join(f"{m:.2f}" for m in pooled) or "–"])
     write_csv(out / "folds.csv", ["group", "labeled", "fold", "seed", "dice_percent"], raw)
@@ -229,9 +231,9 @@ def fold_table(groups: list[Group], out: Path) -> Table | None:
     return Table("Dice per fold and seed", header, rows, notes)
 
 
-def _mean_percent(values: dict[str, float]) -> float:
-    finite = [v for v in values.values() if not math.isnan(v)]
-    return 100.0 * sum(finite) / len(finite) if finite else math.nan
+def _dice_percent(values: Iterable[float]) -> float:
+    """Mean Dice (%) over case values, reduced as Table I reduces them."""
+    return 100.0 * metric_of("dice").reduce(list(values)).mean
 
 
 # --------------------------------------------------------------------------- Wilcoxon and runs
