@@ -37,7 +37,7 @@ from vasseg.report.html import render_html
 from vasseg.report.qualitative import surface
 from vasseg.report.sections import default_cases
 from vasseg.report.stats import paired_test, wilcoxon_p
-from vasseg.report.tables import group_cell
+from vasseg.report.tables import group_cell, runs_table
 
 SPLIT = Split(labeled=["a"], unlabeled=["b"])
 
@@ -138,6 +138,16 @@ def test_groups_are_seeds_and_ablations_are_separate_groups() -> None:
     labels = sorted((g.label, len(g.runs)) for g in groups)
     assert labels == [("mean_teacher (consistency=0.1)", 2), ("mean_teacher (consistency=1.0)", 1),
                       ("supervised", 1)]
+
+
+def test_runs_table_notes_missing_evaluations_only_when_there_are_some() -> None:
+    complete = [record("supervised", 1, {"a": 0.5}), record("mean_teacher", 1, {"a": 0.6})]
+    assert runs_table(complete).notes == []
+    cut = record("vas", 1, {})
+    cut.eval_dir = None
+    table = runs_table([*complete, cut])
+    assert table.rows[-1][5] == "missing"
+    assert table.notes and table.notes[0].startswith("1 run(s) without the requested evaluation folder")
 
 
 def test_eval_names_and_the_last_alias(tmp_path: Path) -> None:

@@ -306,5 +306,9 @@ def runs_table(records: list[RunRecord]) -> Table:
         rows.append([r.run_dir.name, r.method, str(r.labeled), str(r.seed), str(r.exp.train.iterations),
                      r.eval_dir.name if r.eval_dir else "missing",
                      str(len({row.case for row in r.rows}))])
+    missing = sum(r.eval_dir is None for r in records)
+    # Said only when it is true: a note about absent evaluations under a table of complete runs misleads.
+    notes = [f"{missing} run(s) without the requested evaluation folder: in the training curves only, "
+             "not in the tables or tests."] if missing else []
     return Table("Runs read", ["Run folder", "Method", "Labeled", "Seed", "Iterations", "Evaluation", "Cases"],
-                 rows, ["Runs without the requested evaluation folder appear in the training curves only."])
+                 rows, notes)
