@@ -129,6 +129,26 @@ def test_the_cross_validation_protocol_validates_each_fold_once() -> None:
     assert all(set(s.val).isdisjoint(s.unlabeled) and set(s.val).isdisjoint(s.labeled) for s in splits)
 
 
+def test_the_4_labeled_protocol_configs_load_and_validate_each_of_76_ids_once() -> None:
+    """Issue 27's done-when: every configs/la_cv4 config has data.labeled == 4 and 3 folds of 25/26/25."""
+    from vasseg.engine.setup import experiment_split
+
+    if not (REPO / ".." / "shared" / "data" / "LA" / "train.list").is_file():
+        pytest.skip("no LA train.list beside the checkout")
+    paths = sorted((REPO / "configs" / "la_cv4").glob("*_4*.yaml"))
+    assert {p.stem for p in paths} >= {"supervised_4", "supervised_4_bs2", "mean_teacher_4", "vas_4", "admt_4",
+                                       "bcp_4", "uamt_4", "dtc_4", "mcnet_4", "sassnet_4"}
+    for path in paths:
+        exp = load_config(path)
+        assert (exp.data.labeled, exp.data.folds, exp.data.intensity) == (4, 3, "zscore"), path.name
+    splits = [experiment_split(load_config(REPO / "configs/la_cv4/vas_4.yaml", [f"data.fold={k}"]))
+              for k in range(3)]
+    assert [len(s.val) for s in splits] == [25, 26, 25]
+    assert all(len(s.labeled) == 4 and len(s.labeled) + len(s.unlabeled) + len(s.val) == 80 for s in splits)
+    assert len({i for s in splits for i in s.val}) == 76
+    assert all(set(s.val).isdisjoint(s.unlabeled) and set(s.val).isdisjoint(s.labeled) for s in splits)
+
+
 def test_the_cpu_protocols_pin_fp32_training() -> None:
     """Their committed runs trained in fp32; train.amp=auto would pick bf16 on a bf16 CPU."""
     paths = [p for folder in ("la_cpu", "la_cv", "la_cv4") for p in sorted((REPO / "configs" / folder).rglob("*.yaml"))
