@@ -36,7 +36,8 @@ from vasseg.report.figures import drawn_lines, panel_of, panel_order, panel_titl
 from vasseg.report.html import render_html
 from vasseg.report.qualitative import surface
 from vasseg.report.sections import default_cases
-from vasseg.report.stats import paired_test, wilcoxon_p
+from vasseg.report.build import reference_first
+from vasseg.report.stats import all_tests, find_reference, paired_test, wilcoxon_p
 from vasseg.report.tables import group_cell, runs_table
 
 SPLIT = Split(labeled=["a"], unlabeled=["b"])
@@ -148,6 +149,27 @@ def test_runs_table_notes_missing_evaluations_only_when_there_are_some() -> None
     table = runs_table([*complete, cut])
     assert table.rows[-1][5] == "missing"
     assert table.notes and table.notes[0].startswith("1 run(s) without the requested evaluation folder")
+
+
+def test_a_batch_size_control_is_its_own_group_and_is_tested_against_the_main_runs() -> None:
+    """A supervised run with 2 labeled patches per step is not a third seed of the one with 4."""
+    dice = {f"c{i}": 0.5 + 0.03 * i for i in range(8)}
+    main = [record("supervised", s, dice) for s in (1, 2)]
+    control = record("supervised", 1, {c: d - 0.1 for c, d in dice.items()})
+    for run, batch in ((main[0], 4), (main[1], 4), (control, 2)):
+        run.exp = build_experiment({"method": {"name": "supervised"}, "train": {"seed": run.seed},
+                                    "data": {"labeled_bs": batch}})
+    vas = record("vas", 1, {c: d + 0.05 for c, d in dice.items()})
+    for run in (*main, control, vas):
+        for row in run.rows:
+            row.values["asd"] = 1.0
+    groups = reference_first(group_runs([control, *main, vas]), "supervised")
+    assert [(g.label, len(g.runs)) for g in groups] == [
+        ("supervised (data.labeled_bs=4)", 2), ("supervised (data.labeled_bs=2)", 1), ("vas", 1)]
+    assert find_reference(groups[1], groups, "supervised") is groups[0]
+    tests = {(t.group, t.reference) for t in all_tests(groups, "supervised") if t.metric == "dice"}
+    assert tests == {("supervised (data.labeled_bs=2)", "supervised (data.labeled_bs=4)"),
+                     ("vas", "supervised (data.labeled_bs=4)")}
 
 
 def test_eval_names_and_the_last_alias(tmp_path: Path) -> None:

@@ -58,8 +58,12 @@ def make_context(paths: list[str | Path], out_dir: Path, options: ReportOptions)
 
 
 def reference_first(groups: list[Group], reference: str) -> list[Group]:
-    """Table order: per dataset and labeled count, the reference (baseline) row first."""
-    return sorted(groups, key=lambda g: (g.dataset, g.labeled, g.method != reference, g.method, g.variant))
+    """Table order: per dataset and labeled count, the reference (baseline) row first: of the
+    reference method's variants, the one with the most runs (``find_reference``'s choice)."""
+    def key(g: Group) -> tuple:
+        own = g.method == reference
+        return (g.dataset, g.labeled, not own, g.method, -len(g.runs) if own else 0, g.variant)
+    return sorted(groups, key=key)
 
 
 def run_sections(ctx: Context) -> list[Block]:

@@ -265,14 +265,28 @@ def group_runs(records: list[RunRecord]) -> list[Group]:
     return sorted(groups, key=lambda g: (g.dataset, g.labeled, g.method, g.variant))
 
 
+# Settings outside ``method:`` that make runs different experiments, not seeds of one: a supervised
+# run with 2 labeled patches per step is the like-for-like control of the one with 4, not a replicate.
+VARIANT_SETTINGS = ("data.intensity", "data.labeled_bs", "data.unlabeled_bs", "train.iterations")
+
+
 def _variants(runs: list[RunRecord]) -> dict[str, list[RunRecord]]:
-    """Runs keyed by the ``k=v`` text of the method parameters (and ``data.intensity``) that differ
-    between them."""
-    params = [{**to_dict(r.exp)["method"], "data.intensity": r.exp.data.intensity} for r in runs]
+    """Runs keyed by the ``k=v`` text of the method parameters (and of ``VARIANT_SETTINGS``) that
+    differ between them."""
+    params = [{**to_dict(r.exp)["method"], **_settings(r)} for r in runs]
     differing = sorted(k for k in params[0] if len({json.dumps(p.get(k)) for p in params}) > 1)
     out: dict[str, list[RunRecord]] = {}
     for run, p in zip(runs, params):
         out.setdefault(", ".join(f"{k}={p.get(k)}" for k in differing), []).append(run)
+    return out
+
+
+def _settings(run: RunRecord) -> dict[str, object]:
+    """``VARIANT_SETTINGS`` of a run, keyed by their dotted names."""
+    out = {}
+    for key in VARIANT_SETTINGS:
+        section, name = key.split(".")
+        out[key] = getattr(getattr(run.exp, section), name)
     return out
 
 

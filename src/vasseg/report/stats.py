@@ -104,11 +104,14 @@ def paired_test(group: Group, reference: Group, metric: str, cls: int | None = N
 
 
 def find_reference(group: Group, groups: list[Group], reference: str) -> Group | None:
-    """The reference method's group with the same dataset and labeled count (first variant)."""
-    for g in groups:
-        if g.method == reference and g.dataset == group.dataset and g.labeled == group.labeled:
-            return g
-    return None
+    """The reference method's group with the same dataset and labeled count.
+
+    Where that method has variants (an ablation, a batch-size control), the one with the most runs
+    is the reference, the first in table order on a tie; its other variants are tested against it.
+    """
+    same = [g for g in groups if g.method == reference and g.dataset == group.dataset
+            and g.labeled == group.labeled]
+    return max(same, key=lambda g: len(g.runs)) if same else None
 
 
 def all_tests(groups: list[Group], reference: str, min_pairs: int = MIN_PAIRS) -> list[PairedTest]:

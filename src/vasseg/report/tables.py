@@ -175,11 +175,12 @@ RAW_HEADER = ["dataset", "group", "labeled", "unlabeled", "seeds", "metric", "cl
 
 
 def _p_for(group: Group, tests: list[PairedTest], reference: str, metric: str, cls: int | None) -> str:
-    if group.method == reference:
-        return "reference"
     found = [t for t in tests if t.group == group.label and t.labeled == group.labeled
              and t.metric == metric and t.cls == cls]
-    return format_p(found[0]) if found else "n/a (no reference run)"
+    if found:
+        return format_p(found[0])
+    # A group of the reference method without a test is the reference itself (find_reference).
+    return "reference" if group.method == reference else "n/a (no reference run)"
 
 
 # --------------------------------------------------------------------------- Table II
@@ -249,9 +250,9 @@ def wilcoxon_table(groups: list[Group], tests: list[PairedTest], ctx: EvalContex
     header += [f"p Dice {groups[0].class_name(c)}" for c in classes] if multi else []
     rows = []
     for g in groups:
-        if g.method == ctx.reference:
-            continue
         mine = [t for t in tests if t.group == g.label and t.labeled == g.labeled]
+        if g.method == ctx.reference and not mine:
+            continue
         dice = [t for t in mine if t.metric == "dice" and t.cls is None]
         delta = f"{dice[0].median_diff * 100:+.2f}" if dice and not math.isnan(dice[0].median_diff) else "n/a"
         ref = mine[0].reference if mine else "none"
