@@ -13,6 +13,7 @@ from scipy import stats
 
 from vasseg.config import build_experiment
 from vasseg.data.splits import Split
+from vasseg.report.build import reference_first
 from vasseg.report.collect import (
     CaseRow,
     Group,
@@ -36,7 +37,6 @@ from vasseg.report.figures import drawn_lines, panel_of, panel_order, panel_titl
 from vasseg.report.html import render_html
 from vasseg.report.qualitative import surface
 from vasseg.report.sections import default_cases
-from vasseg.report.build import reference_first
 from vasseg.report.stats import all_tests, find_reference, paired_test, wilcoxon_p
 from vasseg.report.tables import group_cell, runs_table
 

@@ -18,6 +18,7 @@ from vasseg.report.document import Block, Heading, Paragraph, render_markdown
 from vasseg.report.features import parse_layer
 from vasseg.report.html import render_html
 from vasseg.report.sections import SECTIONS, SKIPPABLE, Context, ReportOptions, runs_overview
+from vasseg.report.stats import find_reference
 from vasseg.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -58,11 +59,11 @@ def make_context(paths: list[str | Path], out_dir: Path, options: ReportOptions)
 
 
 def reference_first(groups: list[Group], reference: str) -> list[Group]:
-    """Table order: per dataset and labeled count, the reference (baseline) row first: of the
-    reference method's variants, the one with the most runs (``find_reference``'s choice)."""
+    """Table order: per dataset and labeled count, the reference (baseline) row first (of the
+    reference method's variants, the one ``find_reference`` picks), then its other variants."""
     def key(g: Group) -> tuple:
-        own = g.method == reference
-        return (g.dataset, g.labeled, not own, g.method, -len(g.runs) if own else 0, g.variant)
+        return (g.dataset, g.labeled, g is not find_reference(g, groups, reference), g.method != reference,
+                g.method, g.variant)
     return sorted(groups, key=key)
 
 
